@@ -1,0 +1,39 @@
+# drctl: install, test, demo. Every target installs what it needs on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LAB_DIR ?= $(CURDIR)/.lab
+
+.PHONY: install deps test lint demo lab-up lab-down bench bench-verify clean
+
+deps:  ## Debian packages for the real servers the tests and the lab start
+	@./scripts/install-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: deps $(STAMP)  ## venv with drctl and its test tools
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check drctl tests bench
+	$(VENV)/bin/mypy drctl
+
+test: install lint
+	$(VENV)/bin/pytest -q
+
+demo: install  ## start the local lab and fail its services over, for real
+	@./scripts/demo.sh
+
+lab-up: install
+	$(VENV)/bin/drctl lab up --dir $(LAB_DIR)
+
+lab-down:
+	$(VENV)/bin/drctl lab down --dir $(LAB_DIR)
+
+clean:
+	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache

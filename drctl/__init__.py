@@ -1,0 +1,3 @@
+"""drctl: disaster-recovery failover orchestrator."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,134 @@
+"""What every command shares: the terminal environment, common options, loading the inventory,
+asking the operator, and progress lines on stderr.
+
+Data goes to stdout, messages and progress to stderr. No colour when stdout/stderr is not a
+terminal, with ``NO_COLOR`` set, or ``TERM=dumb`` (rich honours all three). Nothing here decides
+anything about a failover: it only connects the operator to the core and the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import typer
+from rich.console import Console
+
+from drctl.core.plan import Action
+from drctl.engine.steps import Outcome
+from drctl.engine.store import default_state_dir, ensure_state_dir
+from drctl.errors import AbortedError, UsageError
+from drctl.model.inventory import Inventory, format_duration
+
+
+def _console(stream: TextIO) -> Console:
+    no_color = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
+    return Console(file=stream, no_color=no_color, highlight=False, soft_wrap=False,
+                   width=None if stream.isatty() else 160)
+
+
+@dataclass
+class Env:
+    """The process's terminal facts in one object, so tests and callers can swap them."""
+
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def __post_init__(self) -> None:
+        self.out = _console(self.stdout)
+        self.err = _console(self.stderr)
+
+    @property
+    def interactive(self) -> bool:
+        try:
+            return self.stdin.isatty()
+        except (ValueError, AttributeError):
+            return False
+
+
+ENV = Env()
+
+InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", envvar="DRCTL_INVENTORY",
+                                            help="inventory YAML [env: DRCTL_INVENTORY]",
+                                            show_default=True)]
+StateDirOpt = Annotated[Path | None, typer.Option("--state-dir", envvar="DRCTL_STATE_DIR",
+                                                  help="where journals, locks and baselines live "
+                                                       "[env: DRCTL_STATE_DIR; default: $XDG_STATE_HOME/drctl "
+                                                       "or ~/.local/state/drctl]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask: approve confirmations and pauses")]
+DEFAULT_INVENTORY = Path("inventory/inventory.yaml")
+
+
+def load_inventory(path: Path) -> Inventory:
+    from drctl.model.load import load_inventory as _load
+
+    return _load(path)
+
+
+def state_dir(path: Path | None) -> Path:
+    return ensure_state_dir(path or default_state_dir())
+
+
+def confirm_typed(expected: str, what: str, *, yes: bool, env: Env = ENV) -> None:
+    """Ask the operator to type ``expected``; ``--yes`` skips; no terminal and no --yes refuses."""
+    if yes:
+        return
+    if not env.interactive:
+        raise UsageError(f"{what} needs confirmation, but stdin is not a terminal",
+                         hint="pass --yes to run without prompting")
+    env.err.print(f"[bold]{what}[/]")
+    env.err.print(f"Type [bold]{expected}[/] to confirm: ", end="")
+    env.stderr.flush()
+    answer = env.stdin.readline()
+    if answer.strip() != expected:
+        raise AbortedError("confirmation did not match; nothing was changed")
+
+
+class Approver:
+    """Answers ``pause`` steps: --yes approves; otherwise the operator answers y/N at a terminal."""
+
+    def __init__(self, yes: bool, env: Env = ENV) -> None:
+        self.yes = yes
+        self.env = env
+        self._lock = threading.Lock()
+
+    def __call__(self, action: Action, message: str) -> bool:
+        if self.yes:
+            self.env.err.print(f"[{action.service}] pause approved by --yes: {message}")
+            return True
+        if not self.env.interactive:
+            return False
+        with self._lock:
+            self.env.err.print(f"[bold][{action.service}] {message}[/] [y/N] ", end="")
+            self.env.stderr.flush()
+            return self.env.stdin.readline().strip().lower() in ("y", "yes")
+
+
+_MARK = {"ok": "[green]ok[/]", "skipped": "[yellow]skipped[/]", "warn": "[yellow]warn[/]",
+         "failed": "[red]FAILED[/]", "planned": "[cyan]planned[/]", "blocked": "[red]blocked[/]"}
+
+
+class ProgressReporter:
+    """One line per step start and end on stderr: readable in a terminal, a log, or cron mail."""
+
+    def __init__(self, env: Env = ENV, quiet: bool = False) -> None:
+        self.env = env
+        self.quiet = quiet
+
+    def action_started(self, action: Action) -> None:
+        if not self.quiet:
+            self.env.err.print(f"[dim][{action.service}] {action.kind}: {action.title} ...[/]")
+
+    def action_finished(self, action: Action, outcome: Outcome, elapsed_s: float) -> None:
+        if not self.quiet or outcome.status == "failed":
+            self.env.err.print(f"[{action.service}] {action.kind}: {_MARK.get(outcome.status, outcome.status)} "
+                               f"({format_duration(elapsed_s)}) {outcome.detail}")
+
+    def message(self, text: str) -> None:
+        self.env.err.print(text)

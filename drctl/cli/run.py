@@ -1,0 +1,251 @@
+"""Commands that plan and run playbooks: plan, failover, failback, resume, history.
+
+Parse -> load -> plan (core) -> run (engine) -> render -> exit code. No decisions here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from drctl.cli.common import (
+    DEFAULT_INVENTORY,
+    ENV,
+    Approver,
+    InventoryOpt,
+    JsonOpt,
+    ProgressReporter,
+    StateDirOpt,
+    YesOpt,
+    confirm_typed,
+    load_inventory,
+    state_dir,
+)
+from drctl.core import render
+from drctl.core.plan import Plan, build_plan, inventory_digest, select_services
+from drctl.errors import RefusedError, UsageError
+
+ServicesArg = Annotated[list[str] | None, typer.Argument(help="services to move (or use --site)", show_default=False)]
+SiteOpt = Annotated[str | None, typer.Option("--site", "-s", help="every service whose primary is SITE")]
+PlaybookOpt = Annotated[Path | None, typer.Option("--playbook", "-p",
+                                                  help="playbook YAML (default: the built-in one for the operation)")]
+ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=64, help="services run at the same time, at most")]
+
+EXIT_BY_STATUS = {"succeeded": 0, "dry-run": 0, "refused": 4, "failed": 5, "aborted": 130}
+
+
+class Operation(str, Enum):
+    failover = "failover"
+    failback = "failback"
+
+
+class PlanFormat(str, Enum):
+    table = "table"
+    json = "json"
+    md = "md"
+
+
+def make_plan(inventory: Path, operation: str, services: list[str] | None, site: str | None,
+              playbook: Path | None) -> tuple[Any, Plan, Path]:
+    from drctl.engine.observe import observe
+    from drctl.model.load import builtin_playbook, load_playbook
+
+    inv = load_inventory(inventory)
+    pb_path = playbook or builtin_playbook(operation)
+    pb = load_playbook(pb_path, inv)
+    if pb.direction != operation:
+        raise UsageError(f"playbook {pb_path} is a {pb.direction} playbook, not a {operation} one")
+    selected = select_services(inv, services or [], site)
+    facts = observe(inv, selected)
+    return inv, build_plan(inv, pb, selected, operation, facts), pb_path
+
+
+def plan_cmd(
+    operation: Annotated[Operation, typer.Argument(help="failover or failback")],
+    services: ServicesArg = None,
+    site: SiteOpt = None,
+    playbook: PlaybookOpt = None,
+    fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="table, json or md")] = PlanFormat.table,
+    json_out: JsonOpt = False,
+    inventory: InventoryOpt = DEFAULT_INVENTORY,
+) -> int:
+    """Show the ordered actions a failover or failback would take, and what each changes from -> to.
+
+    Reads current DNS answers and load-balancer states to show real "from" values; changes nothing.
+    """
+    _, plan, _ = make_plan(inventory, operation.value, services, site, playbook)
+    if json_out or fmt is PlanFormat.json:
+        ENV.stdout.write(render.to_json(plan.to_dict()) + "\n")
+    elif fmt is PlanFormat.md:
+        ENV.stdout.write(render.plan_markdown(plan) + "\n")
+    else:
+        ENV.out.print(render.plan_table(plan))
+        for n in plan.notes:
+            ENV.err.print(f"note: {n}")
+    return 0
+
+
+def _operate(operation: str, services: list[str] | None, site: str | None, playbook: Path | None,
+             dry_run: bool, yes: bool, force: bool, json_out: bool, inventory: Path, state: Path | None,
+             parallel: int) -> int:
+    from drctl.engine.runner import Runner, run_meta
+    from drctl.engine.steps import Context
+    from drctl.engine.store import LeaseStore, RunStore, new_run_id
+
+    inv, plan, pb_path = make_plan(inventory, operation, services, site, playbook)
+    sd = state_dir(state)
+    if not json_out:
+        ENV.err.print(render.plan_table(plan))
+        for n in plan.notes:
+            ENV.err.print(f"note: {n}")
+    if not dry_run:
+        names = [sp.service for sp in plan.services]
+        expected = site if site else " ".join(names)
+        confirm_typed(expected, f"{operation} of {', '.join(names)} will change DNS and traffic for real.", yes=yes)
+    ctx = Context(inv, state_dir=sd, approve=Approver(yes))
+    run_id = None if dry_run else new_run_id(operation)
+    store = RunStore(sd)
+    runner = Runner(plan, ctx, run_id=run_id, store=store, leases=LeaseStore(sd),
+                    reporter=ProgressReporter(quiet=json_out), dry_run=dry_run, force=force, max_workers=parallel)
+    meta = run_meta({"inventory": str(inventory.resolve()), "playbook": str(pb_path.resolve()),
+                     "argv": sys.argv[1:]})
+    try:
+        result = runner.run(runner.start_record(meta))
+    finally:
+        ctx.close()
+        store.close()
+    return _report(result.to_dict(), json_out)
+
+
+def _report(result: dict[str, Any], json_out: bool) -> int:
+    if json_out:
+        ENV.stdout.write(render.to_json(result) + "\n")
+    else:
+        ENV.out.print(render.run_table(result))
+        ENV.out.print(render.services_table(result))
+        if result.get("message"):
+            ENV.err.print(result["message"])
+        if result["status"] in ("failed", "aborted") and result.get("run_id"):
+            ENV.err.print(f"the run is journaled: `drctl resume {result['run_id']}` continues it")
+        if result["status"] == "refused":
+            ENV.err.print("nothing was changed; fix the findings above, or pass --force to override them")
+    return EXIT_BY_STATUS.get(result["status"], 1)
+
+
+def _run_command(operation: str):  # type: ignore[no-untyped-def]
+    def command(
+        services: ServicesArg = None,
+        site: SiteOpt = None,
+        playbook: PlaybookOpt = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="run the read-only checks, "
+                                                                       "print what would change, change nothing")] = False,
+        yes: YesOpt = False,
+        force: Annotated[bool, typer.Option("--force", help="go on even if the gate checks fail "
+                                                             "(stale backup, unhealthy target)")] = False,
+        json_out: JsonOpt = False,
+        parallel: ParallelOpt = 8,
+        inventory: InventoryOpt = DEFAULT_INVENTORY,
+        state: StateDirOpt = None,
+    ) -> int:
+        return _operate(operation, services, site, playbook, dry_run, yes, force, json_out, inventory, state,
+                        parallel)
+
+    command.__doc__ = {
+        "failover": "Move services from their primary site to their backup site.\n\n"
+                    "Checks first that each backup is fresh (RPO) and healthy, for every service, before "
+                    "anything changes; then flips DNS, waits until every authoritative server serves the "
+                    "new values, and reroutes traffic. Independent services run in parallel, dependents "
+                    "after their dependencies. Steps that need the primary are skipped when it does not "
+                    "answer.",
+        "failback": "Move services back from their backup site to their primary site.\n\n"
+                    "The same checks and steps as failover, in the other direction.",
+    }[operation]
+    return command
+
+
+failover_cmd = _run_command("failover")
+failback_cmd = _run_command("failback")
+
+
+def resume_cmd(
+    run_id: Annotated[str, typer.Argument(help="the run to continue (see `drctl history`)")],
+    yes: YesOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="resume even if the inventory changed since")] = False,
+    json_out: JsonOpt = False,
+    state: StateDirOpt = None,
+) -> int:
+    """Finish an interrupted run: skip the steps it completed, repeat the one in flight, go on."""
+    from drctl.engine.runner import Runner, done_from_journal, run_meta
+    from drctl.engine.steps import Context
+    from drctl.engine.store import LeaseStore, RunStore
+
+    sd = state_dir(state)
+    store = RunStore(sd)
+    records = store.read(run_id)
+    start = next((r for r in records if r.get("event") == "run_started"), None)
+    if start is None:
+        raise UsageError(f"run {run_id} has no start record; it cannot be resumed")
+    last = next((r for r in reversed(records) if r.get("event") == "run_finished"), None)
+    if last is not None and last.get("status") == "succeeded":
+        ENV.err.print(f"run {run_id} already succeeded; nothing to resume")
+        return 0
+    plan = Plan.from_dict(start["plan"])
+    inv = load_inventory(Path(start["inventory"]))
+    if inventory_digest(inv) != plan.inventory_digest and not force:
+        raise RefusedError(f"the inventory {start['inventory']} changed since run {run_id} was planned",
+                           hint="review it, then resume with --force, or start a new run")
+    done = done_from_journal(records)
+    pending = [a for a in plan.actions() if a.id not in done or done[a.id].status not in ("ok", "skipped", "warn")]
+    if not json_out:
+        ENV.err.print(f"resuming {plan.operation} {run_id}: {len(pending)} of {len(plan.actions())} steps left")
+    confirm_typed(" ".join(sp.service for sp in plan.services),
+                  f"resume {plan.operation} of {', '.join(sp.service for sp in plan.services)}.", yes=yes)
+    ctx = Context(inv, state_dir=sd, approve=Approver(yes))
+    runner = Runner(plan, ctx, run_id=run_id, store=store, leases=LeaseStore(sd),
+                    reporter=ProgressReporter(quiet=json_out), force=bool(start.get("force")) or force)
+    try:
+        result = runner.run({"event": "run_resumed", **run_meta({"argv": sys.argv[1:]})}, done)
+    finally:
+        ctx.close()
+        store.close()
+    return _report(result.to_dict(), json_out)
+
+
+def history_cmd(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="newest runs to list")] = 20,
+    json_out: JsonOpt = False,
+    state: StateDirOpt = None,
+) -> int:
+    """List runs recorded in the state directory, newest first."""
+    from rich.table import Table
+
+    from drctl.engine.store import RunStore
+
+    store = RunStore(state_dir(state))
+    rows = [summarize_run(run_id, store.read(run_id)) for run_id in store.list_runs()[:limit]]
+    if json_out:
+        ENV.stdout.write(render.to_json(rows) + "\n")
+        return 0
+    t = Table(title=f"runs in {store.dir}", title_justify="left")
+    for col in ("run", "operation", "started", "status", "services", "user"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["run_id"], r["operation"], r["started_at"], r["status"], ", ".join(r["services"]), r["user"])
+    ENV.out.print(t)
+    return 0
+
+
+def summarize_run(run_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    start = next((r for r in records if r.get("event") == "run_started"), {})
+    started = start.get("ts")
+    last = records[-1] if records else {}
+    status = last["status"] if last.get("event") == "run_finished" else "interrupted"
+    return {"run_id": run_id, "operation": start.get("operation", "?"),
+            "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?",
+            "status": status, "services": [s["service"] for s in start.get("plan", {}).get("services", [])],
+            "user": start.get("user", "?")}

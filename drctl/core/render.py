@@ -1,0 +1,100 @@
+"""Plans and runs as text: rich tables for people, Markdown for tickets, JSON for machines.
+
+Pure: takes values, returns values (strings or rich renderables); printing is the CLI's job.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.table import Table
+
+from drctl.core.plan import Plan
+from drctl.model.inventory import format_duration
+
+_STATUS_STYLE = {"ok": "green", "succeeded": "green", "skipped": "yellow", "warn": "yellow",
+                 "planned": "cyan", "dry-run": "cyan", "failed": "red", "blocked": "red", "refused": "red",
+                 "aborted": "red"}
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=False, default=str)
+
+
+def plan_table(plan: Plan) -> Table:
+    t = Table(title=f"{plan.operation} plan ({plan.playbook}), expected ~{format_duration(plan.expected_duration_s())}",
+              title_justify="left")
+    for col in ("#", "service", "step", "what", "from -> to"):
+        t.add_column(col, overflow="fold")
+    n = 0
+    for level_no, level in enumerate(plan.levels, 1):
+        for name in level:
+            sp = plan.service(name)
+            for a in sp.actions:
+                n += 1
+                changes = "\n".join(f"{c.what}: {c.before} -> {c.after}" for c in a.changes)
+                if a.noop:
+                    changes = (changes + "\n" if changes else "") + "(already so: no change)"
+                step = a.kind + (" [gate]" if a.gate else "")
+                t.add_row(str(n), f"{name} ({sp.from_site}->{sp.to_site}, wave {level_no})", step, a.title, changes)
+    return t
+
+
+def plan_markdown(plan: Plan) -> str:
+    lines = [f"# {plan.operation} plan: {plan.playbook}", "",
+             f"Expected duration: about {format_duration(plan.expected_duration_s())}.", ""]
+    lines.append("Order: " + " → ".join(" + ".join(level) for level in plan.levels))
+    lines.append("")
+    if plan.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in plan.notes] + [""]
+    for level in plan.levels:
+        for name in level:
+            sp = plan.service(name)
+            deps = f", after {', '.join(sp.depends_on)}" if sp.depends_on else ""
+            lines += [f"## {name}: {sp.from_site} → {sp.to_site}{deps}", "",
+                      "| # | step | what | changes |", "|---|---|---|---|"]
+            for i, a in enumerate(sp.actions, 1):
+                changes = "<br>".join(f"`{_md(c.what)}` {_md(c.before)} → {_md(c.after)}" for c in a.changes)
+                if a.noop:
+                    changes += " (already so)"
+                lines.append(f"| {i} | {a.kind}{' (gate)' if a.gate else ''} | {_md(a.title)} | {changes} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def run_table(result: dict[str, Any]) -> Table:
+    t = Table(title=f"{result['operation']} {result.get('run_id') or ''}: {result['status']}", title_justify="left")
+    for col in ("service", "step", "status", "time", "detail"):
+        t.add_column(col, overflow="fold")
+    for a in result["actions"]:
+        style = _STATUS_STYLE.get(a["status"], "")
+        t.add_row(a["service"], a["kind"], f"[{style}]{a['status']}[/]" if style else a["status"],
+                  format_duration(a["elapsed_s"]), a["detail"])
+    return t
+
+
+def services_table(result: dict[str, Any]) -> Table:
+    t = Table(title="services", title_justify="left")
+    t.add_column("service")
+    t.add_column("result")
+    for name, st in result["services"].items():
+        style = _STATUS_STYLE.get(st, "")
+        t.add_row(name, f"[{style}]{st}[/]" if style else st)
+    return t
+
+
+def run_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# {result['operation']} {result.get('run_id') or ''}: {result['status']}", ""]
+    if result.get("message"):
+        lines += [result["message"], ""]
+    lines += ["| service | result |", "|---|---|"] + [f"| {s} | {st} |" for s, st in result["services"].items()]
+    lines += ["", "| service | step | status | time | detail |", "|---|---|---|---|---|"]
+    for a in result["actions"]:
+        lines.append(f"| {a['service']} | {a['kind']} | {a['status']} | {format_duration(a['elapsed_s'])} "
+                     f"| {_md(a['detail'])} |")
+    return "\n".join(lines) + "\n"

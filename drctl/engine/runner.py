@@ -1,0 +1,282 @@
+"""Runs a Plan: the same loop for ``--dry-run`` and for real, for a new run and for ``resume``.
+
+1. **Gate**: the playbook's leading read-only steps (freshness, health, integrity) run for every
+   service in parallel, before anything changes. A failure refuses the whole run, with nothing
+   changed, unless forced.
+2. **Services**: each service runs its remaining actions in order, in its own thread, once the
+   services it depends on have finished; a service whose dependency failed is *blocked*.
+
+Every action is journaled before and after (``action_started`` / ``action_finished``, fsynced), so
+``resume`` skips what finished and repeats only what was in flight (handlers are idempotent). In a
+dry run, mutating actions and everything after them are reported as *planned* and not executed;
+the gate still runs because it only looks.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from drctl.core.plan import Action, Plan
+from drctl.engine.steps import Context, Outcome, execute
+from drctl.engine.store import Lease, LeaseStore, RunStore
+from drctl.errors import AbortedError, DrctlError
+
+
+class Reporter(Protocol):
+    def action_started(self, action: Action) -> None: ...
+    def action_finished(self, action: Action, outcome: Outcome, elapsed_s: float) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def action_started(self, action: Action) -> None:
+        pass
+
+    def action_finished(self, action: Action, outcome: Outcome, elapsed_s: float) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class ActionRecord:
+    action: Action
+    outcome: Outcome
+    started: float
+    finished: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.action.id, "service": self.action.service, "kind": self.action.kind,
+                "title": self.action.title, "started": self.started, "finished": self.finished,
+                "elapsed_s": round(self.finished - self.started, 3), **self.outcome.to_dict()}
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    operation: str
+    status: str  # succeeded | failed | refused | aborted | dry-run
+    dry_run: bool
+    started: float
+    finished: float
+    services: dict[str, str] = field(default_factory=dict)  # service -> succeeded|failed|blocked|planned
+    records: list[ActionRecord] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "operation": self.operation, "status": self.status,
+                "dry_run": self.dry_run, "started": self.started, "finished": self.finished,
+                "elapsed_s": round(self.finished - self.started, 3), "services": self.services,
+                "findings": self.findings, "message": self.message,
+                "actions": [r.to_dict() for r in sorted(self.records, key=lambda r: r.started)]}
+
+
+def run_meta(extra: dict[str, Any]) -> dict[str, Any]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname(), "pid": os.getpid(), **extra}
+
+
+class Runner:
+    def __init__(self, plan: Plan, ctx: Context, *, run_id: str | None, store: RunStore | None,
+                 leases: LeaseStore | None, reporter: Reporter | None = None, dry_run: bool = False,
+                 force: bool = False, max_workers: int = 8) -> None:
+        self.plan = plan
+        self.ctx = ctx
+        self.run_id = run_id
+        self.store = store
+        self.leases = leases
+        self.reporter = reporter or SilentReporter()
+        self.dry_run = dry_run
+        self.force = force
+        self.max_workers = max(1, max_workers)
+        self._records: list[ActionRecord] = []
+        self._lock = threading.Lock()
+        self._abort: AbortedError | None = None
+
+    # --- journal ---------------------------------------------------------------------------------
+
+    def _journal(self, record: dict[str, Any]) -> None:
+        if self.store is not None and self.run_id is not None and not self.dry_run:
+            self.store.append(self.run_id, record)
+
+    def start_record(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """The journal's first record: everything ``resume`` needs to carry on."""
+        return {"event": "run_started", "operation": self.plan.operation, "plan": self.plan.to_dict(),
+                "force": self.force, **meta}
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def run(self, start_event: dict[str, Any], done: dict[str, Outcome] | None = None) -> RunResult:
+        """Run the plan. ``start_event`` is journaled once the services' leases are held;
+        ``done`` maps action ids finished in an earlier attempt to their outcome."""
+        done = dict(done or {})
+        started = time.time()
+        result = RunResult(run_id=self.run_id, operation=self.plan.operation, status="succeeded",
+                           dry_run=self.dry_run, started=started, finished=started)
+        leases = self._acquire()
+        try:
+            self._journal(start_event)
+            findings = self._gate(done)
+            result.findings = findings
+            if findings and not self.force:
+                result.status = "refused"
+                result.message = "refused, nothing changed: " + "; ".join(findings)
+                result.services = {sp.service: "refused" for sp in self.plan.services}
+            else:
+                if findings:
+                    self.reporter.message("forced past: " + "; ".join(findings))
+                result.services = self._services(done)
+                if self._abort is not None:
+                    result.status = "aborted"
+                    result.message = self._abort.message
+                elif self.dry_run:
+                    result.status = "dry-run"
+                elif any(v in ("failed", "blocked") for v in result.services.values()):
+                    result.status = "failed"
+        finally:
+            for lease in leases:
+                lease.release()
+        result.finished = time.time()
+        result.records = list(self._records)
+        self._journal({"event": "run_finished", "status": result.status, "services": result.services,
+                       "findings": result.findings, "message": result.message})
+        return result
+
+    def _acquire(self) -> list[Lease]:
+        if self.leases is None or self.dry_run:
+            return []
+        got: list[Lease] = []
+        try:
+            for sp in sorted(self.plan.services, key=lambda s: s.service):
+                got.append(self.leases.acquire(sp.service, {"run_id": self.run_id,
+                                                            "operation": self.plan.operation,
+                                                            "user": run_meta({})["user"]}))
+        except DrctlError:
+            for lease in got:
+                lease.release()
+            raise
+        return got
+
+    def _run_action(self, action: Action) -> Outcome:
+        self._journal({"event": "action_started", "action": action.id, "kind": action.kind,
+                       "service": action.service})
+        self.reporter.action_started(action)
+        t0 = time.time()
+        try:
+            outcome = execute(action, self.ctx)
+        except AbortedError as e:
+            outcome = Outcome("failed", e.message, {"error": "AbortedError"})
+            with self._lock:
+                self._abort = self._abort or e
+        except Exception as e:  # a bug in a handler: record it, never leave the journal without an end
+            outcome = Outcome("failed", f"internal error: {type(e).__name__}: {e}", {"error": type(e).__name__})
+        t1 = time.time()
+        self._journal({"event": "action_finished", "action": action.id, "elapsed_s": round(t1 - t0, 6),
+                       **outcome.to_dict()})
+        self._note(action, outcome, t0, t1)
+        return outcome
+
+    def _note(self, action: Action, outcome: Outcome, t0: float, t1: float) -> None:
+        with self._lock:
+            self._records.append(ActionRecord(action, outcome, t0, t1))
+        self.reporter.action_finished(action, outcome, t1 - t0)
+
+    def _gate(self, done: dict[str, Outcome]) -> list[str]:
+        gate = [a for a in self.plan.actions() if a.gate]
+        todo = [a for a in gate if not _finished(done.get(a.id))]
+        for a in gate:
+            if a.id in done and _finished(done[a.id]):
+                self._note(a, done[a.id], time.time(), time.time())
+        if not todo:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(todo)), thread_name_prefix="gate") as pool:
+            outcomes = list(pool.map(self._run_action, todo))
+        return [f"{a.service}: {o.detail}" for a, o in zip(todo, outcomes, strict=True) if o.status == "failed"]
+
+    def _services(self, done: dict[str, Outcome]) -> dict[str, str]:
+        status: dict[str, str] = {}
+        finished = {sp.service: threading.Event() for sp in self.plan.services}
+        lock = threading.Lock()
+
+        def run_service(name: str) -> None:
+            sp = self.plan.service(name)
+            try:
+                for dep in sp.depends_on:
+                    finished[dep].wait()
+                with lock:
+                    bad = [d for d in sp.depends_on if status.get(d) in ("failed", "blocked", "aborted")]
+                if bad:
+                    st = "blocked"
+                    self.reporter.message(f"{name}: blocked, its dependency {', '.join(bad)} did not complete")
+                    for a in sp.actions:
+                        if not a.gate and not _finished(done.get(a.id)):
+                            self._note(a, Outcome("blocked", f"dependency {', '.join(bad)} did not complete"),
+                                       time.time(), time.time())
+                else:
+                    st = self._run_service_actions(sp.actions, done)
+            except BaseException:
+                st = "failed"
+                raise
+            finally:
+                with lock:
+                    status[name] = st
+                finished[name].set()
+
+        names = [s for level in self.plan.levels for s in level]
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, max(1, len(names))),
+                                thread_name_prefix="svc") as pool:
+            futures = [pool.submit(run_service, n) for n in names]
+            for f in futures:
+                f.result()
+        return {n: status[n] for n in names}
+
+    def _run_service_actions(self, actions: Iterable[Action], done: dict[str, Outcome]) -> str:
+        planned = False
+        for a in actions:
+            if a.gate:
+                continue
+            previous = done.get(a.id)
+            if _finished(previous):
+                assert previous is not None
+                self._note(a, Outcome(previous.status, "done in an earlier attempt: " + previous.detail,
+                                      previous.data), time.time(), time.time())
+                continue
+            if self._abort is not None:
+                return "aborted"
+            if self.dry_run and (planned or a.mutating or a.kind in ("pause", "wait_dns")):
+                planned = True
+                detail = "would change: " + "; ".join(c.render() for c in a.changes) if a.changes else "would run"
+                if a.noop:
+                    detail = "already done (nothing to change)"
+                self._note(a, Outcome("planned", detail), time.time(), time.time())
+                continue
+            outcome = self._run_action(a)
+            if outcome.status == "failed":
+                return "aborted" if self._abort is not None else "failed"
+        return "planned" if planned else "succeeded"
+
+
+def _finished(outcome: Outcome | None) -> bool:
+    return outcome is not None and outcome.status in ("ok", "skipped", "warn")
+
+
+def done_from_journal(records: list[dict[str, Any]]) -> dict[str, Outcome]:
+    """Outcomes of actions that finished in the journaled attempts (the last word wins)."""
+    done: dict[str, Outcome] = {}
+    for r in records:
+        if r.get("event") == "action_finished":
+            done[r["action"]] = Outcome(r["status"], r.get("detail", ""), r.get("data") or {})
+    return done

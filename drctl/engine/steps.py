@@ -1,0 +1,288 @@
+"""Carrying out one planned Action through the drivers. The only engine module that imports them.
+
+Each handler returns an Outcome and is idempotent: run again after a crash it finds the world
+already as it should be and says so. Handlers never decide whether to run (the runner does); a
+step aimed at the site being left (``from``) that cannot reach it is *skipped* with the reason,
+because in a real disaster that site is gone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from drctl.core.plan import Action, zone_of
+from drctl.errors import (
+    AbortedError,
+    DrctlError,
+    HostUnreachableError,
+    StepFailedError,
+)
+from drctl.model.inventory import CommandSpec, CommandTraffic, HAProxyTraffic, Inventory, format_duration
+
+if TYPE_CHECKING:
+    from drctl.drivers.dns_rfc2136 import TsigKey
+    from drctl.drivers.ssh import SSHPool
+
+Status = Literal["ok", "skipped", "failed", "warn", "planned", "blocked"]
+
+
+@dataclass
+class Outcome:
+    status: Status
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "detail": self.detail, "data": self.data}
+
+
+Approver = Callable[[Action, str], bool]
+
+
+class Context:
+    """What handlers need: the inventory, shared connections, and how to ask the operator."""
+
+    def __init__(self, inventory: Inventory, *, state_dir: Path, approve: Approver | None = None,
+                 full_verify: bool = False) -> None:
+        self.inventory = inventory
+        self.state_dir = state_dir
+        self.approve = approve
+        self.full_verify = full_verify
+        self._pool: SSHPool | None = None
+        self._keys: dict[str, TsigKey] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def pool(self) -> SSHPool:
+        with self._lock:
+            if self._pool is None:
+                from drctl.drivers.ssh import SSHPool
+
+                self._pool = SSHPool(self.inventory.all_hosts(), base_dir=self.inventory.base_dir)
+            return self._pool
+
+    def tsig_key(self, zone: str) -> TsigKey:
+        from drctl.drivers.dns_rfc2136 import load_tsig_key
+
+        with self._lock:
+            if zone not in self._keys:
+                ref = zone_of(self.inventory, zone).tsig
+                key = load_tsig_key(file=self.inventory.resolve_path(ref.file), env=ref.env)
+                self._keys[zone] = key
+            return self._keys[zone]
+
+    def dns_server(self, name: str) -> tuple[str, int, float]:
+        s = self.inventory.dns_servers[name]
+        return s.address, s.port, s.timeout
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def execute(action: Action, ctx: Context) -> Outcome:
+    handler = _HANDLERS[action.kind]
+    try:
+        return handler(action, ctx)
+    except AbortedError:
+        raise
+    except DrctlError as e:
+        return Outcome("failed", e.message + (f" ({e.hint})" if e.hint else ""), {"error": type(e).__name__})
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+def _check_freshness(action: Action, ctx: Context) -> Outcome:
+    from drctl.drivers.freshness import backup_age
+
+    site = action.params["site"]
+    svc = ctx.inventory.services[action.service]
+    bc = svc.sites[site].backup
+    assert bc is not None
+    try:
+        age = backup_age(ctx.pool, bc)
+    except HostUnreachableError as e:
+        if site == action.from_site:
+            return Outcome("skipped", f"site {site} does not answer: {e.message}")
+        raise
+    where = f"{bc.host}:{bc.path}/{bc.glob}" if bc.path else f"{bc.host}: {' '.join(bc.command or [])}"
+    data = {"site": site, "host": bc.host, "newest": age.newest, "age_s": age.age_s, "max_age_s": bc.max_age}
+    if age.age_s is None:
+        return Outcome("failed", f"no backup found at {where}", data)
+    if age.age_s > bc.max_age:
+        return Outcome("failed", f"backup at {where} is {format_duration(age.age_s)} old, older than its RPO "
+                                 f"{format_duration(bc.max_age)} (newest: {age.newest})", data)
+    return Outcome("ok", f"newest backup {format_duration(max(age.age_s, 0))} old "
+                         f"(RPO {format_duration(bc.max_age)}): {age.newest}", data)
+
+
+def _health_check(action: Action, ctx: Context) -> Outcome:
+    from drctl.drivers.health import check_health
+
+    site = action.params["site"]
+    hc = ctx.inventory.services[action.service].sites[site].health
+    assert hc is not None
+    result = check_health(hc)
+    data = {"site": site, "elapsed_s": round(result.elapsed_s, 3)}
+    if result.ok:
+        return Outcome("ok", result.detail, data)
+    if site == action.from_site:
+        return Outcome("warn", f"site {site} is not healthy (expected when it is down): {result.detail}", data)
+    return Outcome("failed", f"site {site} fails its health check: {result.detail}", data)
+
+
+def _flip_dns(action: Action, ctx: Context) -> Outcome:
+    from drctl.drivers.dns_rfc2136 import RecordChange, update_zone
+
+    svc = ctx.inventory.services[action.service]
+    by_zone: dict[str, list[RecordChange]] = defaultdict(list)
+    for rec in svc.dns:
+        by_zone[rec.zone.rstrip(".")].append(RecordChange(
+            name=rec.fqdn(), rdtype=rec.type, ttl=rec.ttl,
+            old=rec.values_for(action.from_site), new=rec.values_for(action.to_site)))
+    updated: list[str] = []
+    already: list[str] = []
+    for zone, changes in sorted(by_zone.items()):
+        addr, port, timeout = ctx.dns_server(zone_of(ctx.inventory, zone).primary)
+        done = update_zone((addr, port), zone, ctx.tsig_key(zone), changes, timeout=max(timeout, 5.0))
+        updated += done
+        already += [c.name for c in changes if c.name not in done]
+    detail = f"updated {len(updated)} record(s)" + (f"; {len(already)} already at {action.to_site}" if already else "")
+    return Outcome("ok", detail, {"updated": updated, "already": already})
+
+
+def _wait_dns(action: Action, ctx: Context) -> Outcome:
+    from drctl.drivers.dns_rfc2136 import query
+
+    svc = ctx.inventory.services[action.service]
+    timeout = float(action.params.get("timeout", 60.0))
+    interval = float(action.params.get("interval", 0.2))
+    pending: dict[tuple[str, str, str], list[str]] = {}
+    for rec in svc.dns:
+        zone = zone_of(ctx.inventory, rec.zone)
+        for server in dict.fromkeys([zone.primary, *zone.servers]):
+            pending[(server, rec.fqdn(), rec.type)] = rec.values_for(action.to_site)
+    last: dict[tuple[str, str, str], str] = {}
+    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    while pending:
+        for key in list(pending):
+            server, name, rdtype = key
+            addr, port, t = ctx.dns_server(server)
+            try:
+                got = query((addr, port), name, rdtype, timeout=min(t, 2.0))
+            except DrctlError as e:
+                last[key] = f"no answer ({e.message})"
+                continue
+            if sorted(got) == pending[key]:
+                del pending[key]
+                last.pop(key, None)
+            else:
+                last[key] = "answers " + (",".join(got) or "nothing")
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    elapsed = round(time.monotonic() - start, 3)
+    if not pending:
+        return Outcome("ok", f"all authoritative servers answer the {action.to_site} values after {elapsed}s",
+                       {"elapsed_s": elapsed})
+    silent = {k for k, v in last.items() if v.startswith("no answer")}
+    lagging = set(pending) - silent
+    problems = "; ".join(f"{s} {n} {t}: {last.get((s, n, t), '?')}" for s, n, t in sorted(pending))
+    if not lagging:
+        return Outcome("warn", f"servers that answered serve the new values; these did not answer: {problems}",
+                       {"elapsed_s": elapsed, "unreachable": sorted({k[0] for k in silent})})
+    return Outcome("failed", f"after {timeout:.0f}s not every server serves the {action.to_site} values: {problems}",
+                   {"elapsed_s": elapsed})
+
+
+def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
+    tr = ctx.inventory.services[action.service].traffic
+    if isinstance(tr, HAProxyTraffic):
+        from drctl.drivers.haproxy import HAProxyAdmin
+
+        lb = ctx.inventory.load_balancers[tr.balancer]
+        admin = HAProxyAdmin(lb.admin, timeout=lb.timeout)
+        to_server, from_server = tr.servers[action.to_site], tr.servers[action.from_site]
+        # enable the new side first so the backend is never left without a server
+        admin.set_state(tr.backend, to_server, "ready")
+        admin.set_state(tr.backend, from_server, tr.mode)
+        states = admin.servers(tr.backend)
+        got = {s: states[s].state_text for s in (to_server, from_server) if s in states}
+        if got.get(to_server) != "ready" or got.get(from_server) != tr.mode:
+            return Outcome("failed", f"{tr.balancer} reports {got} after the change", {"states": got})
+        return Outcome("ok", f"{tr.balancer} {tr.backend}: {to_server} ready, {from_server} {tr.mode}",
+                       {"states": got})
+    assert isinstance(tr, CommandTraffic)
+    notes = []
+    spec: CommandSpec | None = tr.deactivate.get(action.from_site)
+    if spec is not None:
+        try:
+            _run_checked(ctx, spec.host, spec.argv, spec.timeout)
+            notes.append(f"deactivated on {spec.host}")
+        except HostUnreachableError as e:
+            notes.append(f"{action.from_site} does not answer, deactivation skipped ({e.message})")
+    spec = tr.activate.get(action.to_site)
+    if spec is not None:
+        _run_checked(ctx, spec.host, spec.argv, spec.timeout)
+        notes.append(f"activated on {spec.host}")
+    return Outcome("ok", "; ".join(notes))
+
+
+def _run_checked(ctx: Context, host: str, argv: list[str], timeout: float) -> str:
+    res = ctx.pool.run(host, argv, timeout=timeout)
+    if res.rc != 0:
+        tail = res.stderr.decode(errors="replace").strip()[-400:]
+        raise StepFailedError(f"on {host}: `{' '.join(argv)}` exited {res.rc}: {tail}")
+    return res.stdout.decode(errors="replace")
+
+
+def _command(action: Action, ctx: Context) -> Outcome:
+    host, argv = action.params["host"], list(action.params["argv"])
+    try:
+        out = _run_checked(ctx, host, argv, float(action.params.get("timeout", 60)))
+    except HostUnreachableError as e:
+        if action.params.get("on_unreachable") == "skip":
+            return Outcome("skipped", f"{host} does not answer: {e.message}")
+        raise
+    return Outcome("ok", out.strip()[-200:] or "exit 0")
+
+
+def _pause(action: Action, ctx: Context) -> Outcome:
+    message = action.params.get("message", "Continue?")
+    if ctx.approve is None or not ctx.approve(action, message):
+        raise AbortedError(f"the operator did not approve: {message}",
+                           hint="the run is journaled; `drctl resume RUN_ID` continues from here")
+    return Outcome("ok", "approved")
+
+
+def _verify_integrity(action: Action, ctx: Context) -> Outcome:
+    from drctl.drivers.integrity import verify_service
+
+    svc = ctx.inventory.services[action.service]
+    report = verify_service(ctx.inventory, action.service, ctx.pool, ctx.state_dir, full=ctx.full_verify,
+                            primary_site=svc.primary, backup_site=svc.backup)
+    data = report.as_dict()
+    if report.ok:
+        return Outcome("ok", report.summary(), data)
+    status: Status = "warn" if action.params.get("policy") == "warn" else "failed"
+    return Outcome(status, report.summary(), data)
+
+
+_HANDLERS: dict[str, Callable[[Action, Context], Outcome]] = {
+    "check_freshness": _check_freshness,
+    "health_check": _health_check,
+    "flip_dns": _flip_dns,
+    "wait_dns": _wait_dns,
+    "reroute_traffic": _reroute_traffic,
+    "command": _command,
+    "pause": _pause,
+    "verify_integrity": _verify_integrity,
+}

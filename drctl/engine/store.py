@@ -1,0 +1,178 @@
+"""Where runs are kept: the state directory, the append-only journal, and service leases.
+
+This is the one narrow seam between the engine and storage:
+
+- ``RunStore.append(run_id, record)``: durable once it returns (written and fsynced);
+  ``RunStore.read(run_id)``; ``RunStore.list_runs()``;
+- ``LeaseStore.acquire(name, owner)`` -> ``Lease`` (``renew()``, ``release()``), or
+  ``LockHeldError`` naming the holder.
+
+The local implementation keeps a JSONL file per run and an ``flock``-ed file per lease: the kernel
+drops the lock when the holding process dies, so a crash never leaves a service locked. A
+distributed backend implements the same two classes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drctl.errors import LockHeldError, RunNotFoundError, UsageError
+
+_RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z]+-[0-9a-f]{6}$")
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("DRCTL_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "drctl"
+
+
+def new_run_id(operation: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{stamp}-{re.sub('[^a-z]', '', operation.lower()) or 'run'}-{secrets.token_hex(3)}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunStore:
+    """Append-only JSONL journals under ``<state>/runs/<run_id>.jsonl``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "runs"
+        self._lock = threading.Lock()
+        self._files: dict[str, Any] = {}
+        self._seq: dict[str, int] = {}
+
+    def path(self, run_id: str) -> Path:
+        if not _RUN_ID.match(run_id):
+            raise RunNotFoundError(f"{run_id!r} is not a run id (see `drctl history`)")
+        return self.dir / f"{run_id}.jsonl"
+
+    def append(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Write one record and fsync it before returning."""
+        with self._lock:
+            f = self._files.get(run_id)
+            if f is None:
+                new = not self.path(run_id).exists()
+                self.dir.mkdir(parents=True, exist_ok=True)
+                f = open(self.path(run_id), "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+                self._files[run_id] = f
+                if new:
+                    _fsync_dir(self.dir)
+                    self._seq[run_id] = 0
+                else:
+                    self._seq[run_id] = len(self.read(run_id))
+            self._seq[run_id] += 1
+            rec = {"seq": self._seq[run_id], "ts": round(time.time(), 6), "run_id": run_id, **record}
+            f.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return rec
+
+    def read(self, run_id: str) -> list[dict[str, Any]]:
+        path = self.path(run_id)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RunNotFoundError(f"no run {run_id} in {self.dir}") from None
+        out = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash: everything before it is intact
+        return out
+
+    def list_runs(self) -> list[str]:
+        if not self.dir.exists():
+            return []
+        return sorted((p.stem for p in self.dir.glob("*.jsonl") if _RUN_ID.match(p.stem)), reverse=True)
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+
+
+@dataclass
+class Lease:
+    name: str
+    owner: dict[str, Any]
+    _fd: int | None
+    _path: Path
+
+    def renew(self) -> None:
+        """Local leases live as long as the process; nothing to renew."""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+
+class LeaseStore:
+    """One lease per service: ``<state>/locks/<name>.lock`` held with flock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "locks"
+
+    def acquire(self, name: str, owner: dict[str, Any]) -> Lease:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.holder(name)
+            who = (f"run {holder.get('run_id')} by {holder.get('user')}@{holder.get('host')} (pid {holder.get('pid')})"
+                   if holder else "another run")
+            raise LockHeldError(f"service {name} is locked by {who}",
+                                hint="wait for it to finish, or `drctl history` to see it") from None
+        info = {**owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(info).encode())
+        os.fsync(fd)
+        return Lease(name=name, owner=info, _fd=fd, _path=path)
+
+    def holder(self, name: str) -> dict[str, Any] | None:
+        try:
+            text = (self.dir / f"{name}.lock").read_text()
+            return json.loads(text) if text.strip() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+
+def ensure_state_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create state directory {path}: {e.strerror}",
+                         hint="pass --state-dir or set DRCTL_STATE_DIR") from None
+    return path
