@@ -1,0 +1,221 @@
+"""Failover and failback end to end, against the lab's real sshd, BIND, HAProxy and origins."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import yaml
+
+from drctl.lab.lab import LabInfo
+from tests.e2e.helpers import drctl, journal, only_run_id, spawn, wait_for
+
+DC1 = {"www.example.test": "192.0.2.10", "api.example.test": "192.0.2.11", "db.internal.test": "10.1.0.5"}
+DC2 = {"www.example.test": "198.51.100.10", "api.example.test": "198.51.100.11", "db.internal.test": "10.2.0.5"}
+
+
+def served(lab: LabInfo, values: dict[str, str]) -> bool:
+    """Every authoritative server answers these values."""
+    return all(lab.dig(name, "A", server=s) == [v] for name, v in values.items() for s in ("ns1", "ns2"))
+
+
+def frontends(lab: LabInfo) -> tuple[str, str]:
+    return lab.http_get_frontend("web").strip(), lab.http_get_frontend("api").strip()
+
+
+def age_backups(lab: LabInfo, host: str, service: str, seconds: float) -> None:
+    old = time.time() - seconds
+    for f in lab.backup_dir(host, service).iterdir():
+        os.utime(f, (old, old))
+
+
+def test_failover_then_failback_moves_dns_and_traffic(lab: LabInfo, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert served(lab, DC1) and frontends(lab) == ("web@dc1", "api@dc1")
+
+    r = drctl("failover", "--site", "dc1", "--yes", "--json", inventory=lab.inventory, state_dir=state)
+    assert r.rc == 0, r.err
+    result = r.json()
+    assert result["status"] == "succeeded"
+    assert result["services"] == {"db": "succeeded", "web": "succeeded", "api": "succeeded"}
+    # named serves the backup addresses on every authoritative server, HAProxy sends traffic to dc2
+    assert wait_for(lambda: served(lab, DC2), 5, "secondary to follow")
+    assert frontends(lab) == ("web@dc2", "api@dc2")
+    assert (lab.host_root("app2") / "db-active").exists()
+    # api depends on db: it starts changing things only after db has finished
+    acts = result["actions"]
+    db_done = max(a["finished"] for a in acts if a["service"] == "db")
+    api_first_change = min(a["started"] for a in acts if a["service"] == "api" and a["kind"] == "flip_dns")
+    assert api_first_change >= db_done
+    # one UPDATE per zone and service: the journal says what was updated
+    flips = [a for a in acts if a["kind"] == "flip_dns"]
+    assert sorted(u for a in flips for u in a["data"]["updated"]) == [
+        "api.example.test.", "db.internal.test.", "www.example.test."]
+
+    # running it again changes nothing (idempotent) and still succeeds
+    again = drctl("failover", "--site", "dc1", "--yes", "--json", inventory=lab.inventory, state_dir=state)
+    assert again.rc == 0, again.err
+    assert all(a["data"]["updated"] == [] for a in again.json()["actions"] if a["kind"] == "flip_dns")
+
+    back = drctl("failback", "--site", "dc1", "--yes", inventory=lab.inventory, state_dir=state)
+    assert back.rc == 0, back.err
+    assert wait_for(lambda: served(lab, DC1), 5, "failback served")
+    assert frontends(lab) == ("web@dc1", "api@dc1")
+    assert not (lab.host_root("app2") / "db-active").exists()
+
+    hist = drctl("history", "--json", state_dir=state)
+    assert [h["operation"] for h in hist.json()] == ["failback", "failover", "failover"]
+    assert all(h["status"] == "succeeded" for h in hist.json())
+
+
+def test_failover_completes_with_the_primary_gone(lab: LabInfo, tmp_path: Path) -> None:
+    # the primary site burned: its sshd is frozen (connections hang), its origins are dead
+    lab.daemons["ssh-app1"].pause()
+    for svc in ("web", "api"):
+        lab.daemons[f"origin-{svc}-dc1"].stop()
+    playbook = tmp_path / "pb.yaml"
+    playbook.write_text(yaml.safe_dump({
+        "version": 1, "name": "failover-fence", "direction": "failover",
+        "steps": [{"kind": "check_freshness"}, {"kind": "health_check"},
+                  {"kind": "command", "site": "from", "argv": ["touch", "{service}-fenced"], "timeout": "5s"},
+                  {"kind": "flip_dns"}, {"kind": "wait_dns", "timeout": "10s"}, {"kind": "reroute_traffic"},
+                  {"kind": "health_check", "site": "to"}]}))
+    t0 = time.monotonic()
+    r = drctl("failover", "--site", "dc1", "--yes", "--json", "--playbook", str(playbook),
+              inventory=lab.inventory, state_dir=tmp_path / "state")
+    elapsed = time.monotonic() - t0
+    lab.daemons["ssh-app1"].resume()
+    assert r.rc == 0, r.err
+    result = r.json()
+    assert result["status"] == "succeeded"
+    fences = [a for a in result["actions"] if a["kind"] == "command"]
+    assert len(fences) == 3 and all(a["status"] == "skipped" for a in fences)
+    assert all("app1" in a["detail"] for a in fences)
+    db_reroute = next(a for a in result["actions"] if a["service"] == "db" and a["kind"] == "reroute_traffic")
+    assert "does not answer" in db_reroute["detail"]
+    assert served(lab, DC2) and frontends(lab) == ("web@dc2", "api@dc2")
+    # the frozen host costs its connect timeout once per attempt, not minutes
+    assert elapsed < 90
+
+
+def test_stale_backup_refuses_and_changes_nothing(lab: LabInfo, tmp_path: Path) -> None:
+    age_backups(lab, "app2", "api", 3 * 3600)
+    serials = (lab.soa_serial("example.test"), lab.soa_serial("internal.test"))
+    r = drctl("failover", "--site", "dc1", "--yes", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert r.rc == 4, r.err
+    assert "api" in r.err and "older than its RPO" in r.err and "nothing" in r.err
+    assert served(lab, DC1) and frontends(lab) == ("web@dc1", "api@dc1")
+    assert (lab.soa_serial("example.test"), lab.soa_serial("internal.test")) == serials
+    assert not (lab.host_root("app2") / "db-active").exists()
+
+    forced = drctl("failover", "api", "db", "--yes", "--force", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert forced.rc == 0, forced.err
+    assert lab.dig("api.example.test") == ["198.51.100.11"]
+    assert lab.dig("www.example.test") == ["192.0.2.10"]  # web was not selected
+
+
+def test_unhealthy_backup_refuses(lab: LabInfo, tmp_path: Path) -> None:
+    lab.daemons["origin-web-dc2"].stop()
+    r = drctl("failover", "web", "--yes", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert r.rc == 4 and "fails its health check" in r.err, r.err
+    assert lab.dig("www.example.test") == ["192.0.2.10"]
+
+
+def test_dry_run_changes_nothing(lab: LabInfo, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    serials = (lab.soa_serial("example.test"), lab.soa_serial("internal.test"))
+    before = lab.haproxy_state()
+    r = drctl("failover", "--site", "dc1", "--dry-run", inventory=lab.inventory, state_dir=state)
+    assert r.rc == 0, r.err
+    assert "www.example.test. A: 192.0.2.10 -> 198.51.100.10" in r.err  # observed, not assumed
+    assert "planned" in r.out and "would change" in r.out
+    assert (lab.soa_serial("example.test"), lab.soa_serial("internal.test")) == serials
+    assert lab.haproxy_state() == before
+    assert frontends(lab) == ("web@dc1", "api@dc1")
+    assert only_run_id(state) is None  # nothing journaled
+    # plan prints the same actions, as JSON and Markdown
+    plan = drctl("plan", "failover", "--site", "dc1", "--json", inventory=lab.inventory, state_dir=state)
+    assert plan.rc == 0
+    changes = [c for s in plan.json()["services"] for a in s["actions"] for c in a["changes"]]
+    assert {"what": "lb1 web/dc2", "before": "maint", "after": "ready"} in changes
+    md = drctl("plan", "failover", "web", "--format", "md", inventory=lab.inventory, state_dir=state)
+    assert md.rc == 0 and "## web: dc1 → dc2" in md.out
+
+
+def test_unknown_ssh_host_key_is_refused(lab: LabInfo, tmp_path: Path) -> None:
+    # the backup host presents a key we do not know: a possible impostor, never trusted
+    kh = lab.known_hosts
+    kh.write_text("".join(line + "\n" for line in kh.read_text().splitlines()
+                          if f"]:{lab.ports['ssh-app2']} " not in line))
+    r = drctl("failover", "web", "--yes", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert r.rc == 4, r.err
+    assert "app2" in r.err and "known_hosts" in r.err
+    assert lab.dig("www.example.test") == ["192.0.2.10"]
+
+
+def test_wrong_tsig_key_gives_a_clear_error(lab: LabInfo, tmp_path: Path) -> None:
+    text = lab.tsig_key.read_text()
+    secret = text.split('secret "')[1].split('"')[0]
+    lab.tsig_key.write_text(text.replace(secret, "c2VjcmV0LWJ1dC13cm9uZy0xMjM0NTY3ODkwMTIzNDU2Nzg5MA=="))
+    r = drctl("failover", "web", "--yes", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert r.rc == 5, r.err
+    assert "TSIG" in r.err and "drctl-lab" in r.err
+    assert lab.dig("www.example.test") == ["192.0.2.10"]
+    assert "drctl resume" in r.err
+
+
+def test_record_changed_by_someone_else_is_not_overwritten(lab: LabInfo, tmp_path: Path) -> None:
+    import subprocess
+
+    upd = f"server 127.0.0.1 {lab.ports['named-ns1']}\nupdate delete www.example.test. A\n" \
+          "update add www.example.test. 30 A 203.0.113.7\nsend\n"
+    subprocess.run(["nsupdate", "-k", str(lab.tsig_key)], input=upd, text=True, check=True, timeout=10)
+    r = drctl("failover", "web", "--yes", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert r.rc == 5, r.err
+    assert "203.0.113.7" in r.err and "www.example.test" in r.err
+    assert lab.dig("www.example.test") == ["203.0.113.7"]
+
+
+def test_interrupted_run_resumes_without_repeating_side_effects(lab: LabInfo, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    playbook = tmp_path / "slow.yaml"
+    playbook.write_text(yaml.safe_dump({
+        "version": 1, "name": "slow-failover", "direction": "failover",
+        "steps": [{"kind": "check_freshness"}, {"kind": "flip_dns"},
+                  {"kind": "command", "site": "to", "argv": ["sleep", "3"], "timeout": "30s"},
+                  {"kind": "reroute_traffic"}]}))
+    proc = spawn("failover", "web", "--yes", "--playbook", str(playbook), state_dir=state, inventory=lab.inventory)
+    try:
+        run_id = wait_for(lambda: only_run_id(state), 30, "the run to start")
+        wait_for(lambda: any(r.get("event") == "action_started" and r.get("kind") == "command"
+                             for r in journal(state, run_id)), 30, "the command step to start")
+        # a second failover of the same service while this one runs is refused
+        second = drctl("failover", "web", "--yes", inventory=lab.inventory, state_dir=state)
+        assert second.rc == 4 and f"locked by run {run_id}" in second.err, second.err
+        os.kill(proc.pid, signal.SIGKILL)  # the operator's laptop dies mid-run
+    finally:
+        proc.wait(timeout=30)
+    assert lab.dig("www.example.test") == ["198.51.100.10"]
+    assert frontends(lab)[0] == "web@dc1"  # traffic not moved yet
+    serial = lab.soa_serial("example.test")
+    hist = drctl("history", "--json", state_dir=state).json()
+    assert hist[0]["run_id"] == run_id and hist[0]["status"] == "interrupted"
+
+    r = drctl("resume", run_id, "--yes", "--json", state_dir=state)
+    assert r.rc == 0, r.err
+    res = r.json()
+    flip = next(a for a in res["actions"] if a["kind"] == "flip_dns")
+    assert flip["detail"].startswith("done in an earlier attempt")
+    assert frontends(lab)[0] == "web@dc2"
+    assert lab.soa_serial("example.test") == serial  # no second DNS UPDATE
+    events = [r["event"] for r in journal(state, run_id)]
+    assert events[0] == "run_started" and "run_resumed" in events and events[-1] == "run_finished"
+    assert drctl("history", "--json", state_dir=state).json()[0]["status"] == "succeeded"
+
+
+def test_confirmation_is_required_without_yes(lab: LabInfo, tmp_path: Path) -> None:
+    r = drctl("failover", "web", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert r.rc == 2 and "--yes" in r.err
+    assert lab.dig("www.example.test") == ["192.0.2.10"]
