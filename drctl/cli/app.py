@@ -16,12 +16,17 @@ from drctl import __version__
 from drctl.cli import run
 from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt
 from drctl.core import render
-from drctl.errors import EXIT_CODES, ConfigError, DrctlError
+from drctl.errors import ConfigError, DrctlError
+
+EXIT_LABELS = {0: "ok", 1: "internal error", 2: "usage", 3: "invalid inventory/playbook",
+               4: "refused (nothing changed)", 5: "step failed (resumable)", 6: "integrity mismatch",
+               7: "not ready / target missed", 8: "run not found", 130: "aborted"}
+
 
 app = typer.Typer(
     name="drctl",
-    help="Disaster-recovery failover: check backups, flip DNS, reroute traffic, verify data, with a journal.\n\n"
-         "Exit codes: " + "; ".join(f"{k} {v.split(':')[0]}" for k, v in EXIT_CODES.items()),
+    help="Disaster-recovery failover: check backups, flip DNS, reroute traffic, verify data, with a journal.",
+    epilog="Exit codes: " + ", ".join(f"{k} {v}" for k, v in EXIT_LABELS.items()) + ". See README.md.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
@@ -61,9 +66,9 @@ def validate_cmd(
         inv = load_inventory(inventory)
     except ConfigError as e:
         problems += e.problems
-    for p in playbooks or []:
+    for pb in playbooks or []:
         try:
-            load_playbook(p, inv)
+            load_playbook(pb, inv)
         except ConfigError as e:
             problems += e.problems
     if json_out:
@@ -92,8 +97,10 @@ def _register_optional() -> None:
     from drctl.cli import lab
 
     app.add_typer(lab.app, name="lab")
+    import importlib
+
     try:
-        from drctl.cli import verify
+        verify = importlib.import_module("drctl.cli.verify")
     except ImportError:  # pragma: no cover - module not present
         return
     app.command("verify")(verify.verify_cmd)

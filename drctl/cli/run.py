@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import sys
 import time
-from enum import Enum
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,12 +40,12 @@ ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=64, help="ser
 EXIT_BY_STATUS = {"succeeded": 0, "dry-run": 0, "refused": 4, "failed": 5, "aborted": 130}
 
 
-class Operation(str, Enum):
+class Operation(StrEnum):
     failover = "failover"
     failback = "failback"
 
 
-class PlanFormat(str, Enum):
+class PlanFormat(StrEnum):
     table = "table"
     json = "json"
     md = "md"
@@ -137,13 +138,13 @@ def _report(result: dict[str, Any], json_out: bool) -> int:
     return EXIT_BY_STATUS.get(result["status"], 1)
 
 
-def _run_command(operation: str):  # type: ignore[no-untyped-def]
+def _run_command(operation: str) -> Callable[..., int]:
     def command(
         services: ServicesArg = None,
         site: SiteOpt = None,
         playbook: PlaybookOpt = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="run the read-only checks, "
-                                                                       "print what would change, change nothing")] = False,
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", "-n", help="run the read-only checks, print what would change, change nothing")] = False,
         yes: YesOpt = False,
         force: Annotated[bool, typer.Option("--force", help="go on even if the gate checks fail "
                                                              "(stale backup, unhealthy target)")] = False,

@@ -214,7 +214,7 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
     label = step.name
     if kind == "check_freshness":
         site = to if step.site == "to" else frm
-        bc = svc.sites.get(site).backup if site in svc.sites else None
+        bc = svc.sites[site].backup if site in svc.sites else None
         if bc is None:
             notes.append(f"{name}: no backup check configured for site {site}; freshness not checked there")
             return None
@@ -223,7 +223,7 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
                       f"{_dur(bc.max_age)}", params={"site": site}, expected_s=0.5)
     if kind == "health_check":
         site = to if step.site == "to" else frm
-        hc = svc.sites.get(site).health if site in svc.sites else None
+        hc = svc.sites[site].health if site in svc.sites else None
         if hc is None:
             notes.append(f"{name}: no health check configured for site {site}")
             return None
@@ -260,9 +260,8 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
             changes = []
             for site, target_state in ((to, "ready"), (frm, tr.mode)):
                 server = tr.servers[site]
-                observed = facts.lb.get((tr.balancer, tr.backend, server))
-                before = observed if observed is not None else ("?")
-                changes.append(Change(what=f"{tr.balancer} {tr.backend}/{server}", before=before, after=target_state))
+                state = facts.lb.get((tr.balancer, tr.backend, server), "?")
+                changes.append(Change(what=f"{tr.balancer} {tr.backend}/{server}", before=state, after=target_state))
             noop = all(facts.lb.get((tr.balancer, tr.backend, tr.servers[s])) == st
                        for s, st in ((to, "ready"), (frm, tr.mode)))
             return Action(**base, title=label or f"traffic to {to} via {tr.balancer} backend {tr.backend}",

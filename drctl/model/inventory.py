@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from drctl.model.integrity import IntegrityTargets, integrity_reference_problems
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -194,6 +196,10 @@ class HAProxyTraffic(_Model):
     backend: str
     servers: dict[Name, str] = Field(description="site -> HAProxy server name in the backend")
     mode: Literal["maint", "drain"] = Field("maint", description="what the site moved away from becomes")
+    frontend: str | None = Field(
+        None, pattern=r"^https?://",
+        description="URL of the service through this balancer; drills fetch it after each switch and expect "
+                    "what the active site's health check expects")
 
 
 class CommandTraffic(_Model):
@@ -224,7 +230,7 @@ class Service(_Model):
     depends_on: list[Name] = Field(default_factory=list)
     rto: Duration | None = Field(None, description="recovery time objective, checked by drills")
     rpo: Duration | None = Field(None, description="recovery point objective, checked by drills")
-    integrity: list[dict[str, Any]] = Field(default_factory=list, description="see `drctl verify`")
+    integrity: IntegrityTargets = Field(default_factory=list, description="see `drctl verify`")
 
     @model_validator(mode="after")
     def _two_sites(self) -> Service:
@@ -268,8 +274,8 @@ class Inventory(_Model):
         """Every dangling reference or cycle as (field path, message)."""
         problems: list[tuple[tuple[str | int, ...], str]] = []
         host_site: dict[str, str] = {}
-        for site_name, site in self.sites.items():
-            for h in site.hosts:
+        for site_name, site_conf in self.sites.items():
+            for h in site_conf.hosts:
                 if h in host_site:
                     problems.append(
                         (("sites", site_name, "hosts", h),
@@ -285,9 +291,9 @@ class Inventory(_Model):
         for sname, svc in self.services.items():
             base: tuple[str | int, ...] = ("services", sname)
             for key in ("primary", "backup"):
-                site = getattr(svc, key)
-                if site not in self.sites:
-                    problems.append(((*base, key), f"unknown site {site!r}; known: {_known(self.sites)}"))
+                ref = getattr(svc, key)
+                if ref not in self.sites:
+                    problems.append(((*base, key), f"unknown site {ref!r}; known: {_known(self.sites)}"))
             pair = {svc.primary, svc.backup}
             for site_name, ss in svc.sites.items():
                 if site_name not in pair:
@@ -323,9 +329,11 @@ class Inventory(_Model):
                         if spec.host not in host_site:
                             problems.append(((*base, "traffic", part, site, "host"),
                                              f"unknown host {spec.host!r}; known: {_known(host_site)}"))
+            problems += integrity_reference_problems(base, svc.integrity, (svc.primary, svc.backup), host_site)
             for i, dep in enumerate(svc.depends_on):
                 if dep not in self.services:
-                    problems.append(((*base, "depends_on", i), f"unknown service {dep!r}; known: {_known(self.services)}"))
+                    problems.append(((*base, "depends_on", i),
+                                     f"unknown service {dep!r}; known: {_known(self.services)}"))
                 elif dep == sname:
                     problems.append(((*base, "depends_on", i), "a service cannot depend on itself"))
         cycle = find_cycle({s: [d for d in v.depends_on if d in self.services and d != s]

@@ -144,7 +144,8 @@ def test_broken_playbook(tmp_path: Path) -> None:
 
 
 def test_validate_command_exit_code_and_no_traceback(tmp_path: Path) -> None:
-    bad = _write(tmp_path, GOOD.replace("primary: dc1\n    backup: dc2\n    depends_on", "primary: dc1\n    backup: dc1\n    depends_on"))
+    bad = _write(tmp_path, GOOD.replace("primary: dc1\n    backup: dc2\n    depends_on",
+                                        "primary: dc1\n    backup: dc1\n    depends_on"))
     r = subprocess.run([sys.executable, "-m", "drctl", "validate", "-i", str(bad)], capture_output=True, text=True)
     assert r.returncode == 3
     assert "Traceback" not in r.stderr
