@@ -159,7 +159,7 @@ def _flip_dns(action: Action, ctx: Context) -> Outcome:
 
 
 def _wait_dns(action: Action, ctx: Context) -> Outcome:
-    from drctl.drivers.dns_rfc2136 import query
+    from drctl.drivers.dns_rfc2136 import normalize_values, query
 
     svc = ctx.inventory.services[action.service]
     timeout = float(action.params.get("timeout", 60.0))
@@ -168,7 +168,7 @@ def _wait_dns(action: Action, ctx: Context) -> Outcome:
     for rec in svc.dns:
         zone = zone_of(ctx.inventory, rec.zone)
         for server in dict.fromkeys([zone.primary, *zone.servers]):
-            pending[(server, rec.fqdn(), rec.type)] = rec.values_for(action.to_site)
+            pending[(server, rec.fqdn(), rec.type)] = normalize_values(rec.type, rec.values_for(action.to_site))
     last: dict[tuple[str, str, str], str] = {}
     deadline = time.monotonic() + timeout
     start = time.monotonic()
