@@ -17,6 +17,7 @@ from typing import Annotated, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from drctl.core.plan import Action
 from drctl.engine.steps import Outcome
@@ -100,12 +101,12 @@ class Approver:
 
     def __call__(self, action: Action, message: str) -> bool:
         if self.yes:
-            self.env.err.print(f"[{action.service}] pause approved by --yes: {message}")
+            self.env.err.print(escape(f"[{action.service}] pause approved by --yes: {message}"))
             return True
         if not self.env.interactive:
             return False
         with self._lock:
-            self.env.err.print(f"[bold][{action.service}] {message}[/] [y/N] ", end="")
+            self.env.err.print(f"[bold]{escape(f'[{action.service}] {message}')}[/] \\[y/N] ", end="")
             self.env.stderr.flush()
             return self.env.stdin.readline().strip().lower() in ("y", "yes")
 
@@ -123,12 +124,13 @@ class ProgressReporter:
 
     def action_started(self, action: Action) -> None:
         if not self.quiet:
-            self.env.err.print(f"[dim][{action.service}] {action.kind}: {action.title} ...[/]")
+            self.env.err.print(f"[dim]{escape(f'[{action.service}] {action.kind}: {action.title} ...')}[/]")
 
     def action_finished(self, action: Action, outcome: Outcome, elapsed_s: float) -> None:
         if not self.quiet or outcome.status == "failed":
-            self.env.err.print(f"[{action.service}] {action.kind}: {_MARK.get(outcome.status, outcome.status)} "
-                               f"({format_duration(elapsed_s)}) {outcome.detail}")
+            self.env.err.print(f"{escape(f'[{action.service}] {action.kind}:')} "
+                               f"{_MARK.get(outcome.status, outcome.status)} "
+                               f"({format_duration(elapsed_s)}) {escape(outcome.detail)}")
 
     def message(self, text: str) -> None:
-        self.env.err.print(text)
+        self.env.err.print(text, markup=False)

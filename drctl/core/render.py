@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from drctl.core.plan import Plan
@@ -36,8 +37,9 @@ def plan_table(plan: Plan) -> Table:
                 changes = "\n".join(f"{c.what}: {c.before} -> {c.after}" for c in a.changes)
                 if a.noop:
                     changes = (changes + "\n" if changes else "") + "(already so: no change)"
-                step = a.kind + (" [gate]" if a.gate else "")
-                t.add_row(str(n), f"{name} ({sp.from_site}->{sp.to_site}, wave {level_no})", step, a.title, changes)
+                step = a.kind + (" (gate)" if a.gate else "")
+                t.add_row(str(n), escape(f"{name} ({sp.from_site}->{sp.to_site}, wave {level_no})"), step,
+                          escape(a.title), escape(changes))
     return t
 
 
@@ -73,8 +75,8 @@ def run_table(result: dict[str, Any]) -> Table:
         t.add_column(col, overflow="fold")
     for a in result["actions"]:
         style = _STATUS_STYLE.get(a["status"], "")
-        t.add_row(a["service"], a["kind"], f"[{style}]{a['status']}[/]" if style else a["status"],
-                  format_duration(a["elapsed_s"]), a["detail"])
+        t.add_row(escape(a["service"]), a["kind"], f"[{style}]{a['status']}[/]" if style else a["status"],
+                  format_duration(a["elapsed_s"]), escape(a["detail"]))
     return t
 
 
@@ -84,7 +86,7 @@ def services_table(result: dict[str, Any]) -> Table:
     t.add_column("result")
     for name, st in result["services"].items():
         style = _STATUS_STYLE.get(st, "")
-        t.add_row(name, f"[{style}]{st}[/]" if style else st)
+        t.add_row(escape(name), f"[{style}]{st}[/]" if style else st)
     return t
 
 
