@@ -129,6 +129,7 @@ class Runner:
         leases = self._acquire()
         try:
             self._journal(start_event)
+            self.ctx.expect_dns_flips([a for a in self.plan.actions() if not _finished(done.get(a.id))])
             findings = self._gate(done)
             result.findings = findings
             if findings and not self.force:

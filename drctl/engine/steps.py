@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from drctl.core.plan import Action, zone_of
+from drctl.engine.dnsbatch import ZoneBatcher
 from drctl.errors import (
     AbortedError,
     DrctlError,
@@ -57,6 +58,29 @@ class Context:
         self._pool: SSHPool | None = None
         self._keys: dict[str, TsigKey] = {}
         self._lock = threading.Lock()
+        self._dns_batcher: ZoneBatcher | None = None
+
+    def expect_dns_flips(self, actions: list[Action]) -> None:
+        """Tell the DNS batcher which flip_dns actions are still to run, so one UPDATE per zone
+        can carry the changes of every service flipping at the same moment."""
+        expected: dict[str, int] = defaultdict(int)
+        for a in actions:
+            if a.kind == "flip_dns":
+                for zone in {r.zone.rstrip(".") for r in self.inventory.services[a.service].dns}:
+                    expected[zone] += 1
+        self._dns_batcher = ZoneBatcher(self._send_zone, dict(expected))
+
+    def _send_zone(self, zone: str, changes: list[Any]) -> list[str]:
+        from drctl.drivers.dns_rfc2136 import update_zone
+
+        addr, port, timeout = self.dns_server(zone_of(self.inventory, zone).primary)
+        return update_zone((addr, port), zone, self.tsig_key(zone), changes, timeout=max(timeout, 5.0))
+
+    def flip_zone(self, zone: str, changes: list[Any]) -> tuple[list[str], int]:
+        """(names updated, services sharing the UPDATE)."""
+        if self._dns_batcher is None:
+            return self._send_zone(zone, changes), 1
+        return self._dns_batcher.submit(zone, changes)
 
     @property
     def pool(self) -> SSHPool:
@@ -139,7 +163,7 @@ def _health_check(action: Action, ctx: Context) -> Outcome:
 
 
 def _flip_dns(action: Action, ctx: Context) -> Outcome:
-    from drctl.drivers.dns_rfc2136 import RecordChange, update_zone
+    from drctl.drivers.dns_rfc2136 import RecordChange
 
     svc = ctx.inventory.services[action.service]
     by_zone: dict[str, list[RecordChange]] = defaultdict(list)
@@ -149,13 +173,16 @@ def _flip_dns(action: Action, ctx: Context) -> Outcome:
             old=rec.values_for(action.from_site), new=rec.values_for(action.to_site)))
     updated: list[str] = []
     already: list[str] = []
+    shared = 1
     for zone, changes in sorted(by_zone.items()):
-        addr, port, timeout = ctx.dns_server(zone_of(ctx.inventory, zone).primary)
-        done = update_zone((addr, port), zone, ctx.tsig_key(zone), changes, timeout=max(timeout, 5.0))
+        done, size = ctx.flip_zone(zone, changes)
+        shared = max(shared, size)
         updated += done
         already += [c.name for c in changes if c.name not in done]
     detail = f"updated {len(updated)} record(s)" + (f"; {len(already)} already at {action.to_site}" if already else "")
-    return Outcome("ok", detail, {"updated": updated, "already": already})
+    if shared > 1:
+        detail += f" (one UPDATE shared by {shared} services)"
+    return Outcome("ok", detail, {"updated": updated, "already": already, "batch": shared})
 
 
 def _wait_dns(action: Action, ctx: Context) -> Outcome:

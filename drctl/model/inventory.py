@@ -288,8 +288,14 @@ class Inventory(_Model):
                     path: tuple[str | int, ...] = ("zones", zname, "primary") if i == 0 else (
                         "zones", zname, "servers", i - 1)
                     problems.append((path, f"unknown DNS server {srv!r}; known: {_known(self.dns_servers)}"))
+        record_owner: dict[tuple[str, str], str] = {}
         for sname, svc in self.services.items():
             base: tuple[str | int, ...] = ("services", sname)
+            for i, rec in enumerate(svc.dns):
+                owner = record_owner.setdefault((rec.fqdn().lower(), rec.type), sname)
+                if owner != sname:
+                    problems.append(((*base, "dns", i, "name"),
+                                     f"{rec.fqdn()} {rec.type} is already managed by service {owner!r}"))
             for key in ("primary", "backup"):
                 ref = getattr(svc, key)
                 if ref not in self.sites:

@@ -219,3 +219,52 @@ def test_confirmation_is_required_without_yes(lab: LabInfo, tmp_path: Path) -> N
     r = drctl("failover", "web", inventory=lab.inventory, state_dir=tmp_path / "state")
     assert r.rc == 2 and "--yes" in r.err
     assert lab.dig("www.example.test") == ["192.0.2.10"]
+
+
+def _with_extra_services(lab: LabInfo, n: int) -> Path:
+    """The lab's inventory plus ``n`` services with one A record each in example.test."""
+    import subprocess
+
+    inv = yaml.safe_load(lab.inventory.read_text())
+    web = inv["services"]["web"]
+    lines = [f"server 127.0.0.1 {lab.ports['named-ns1']}", "zone example.test"]
+    for i in range(n):
+        inv["services"][f"extra{i}"] = {
+            "primary": "dc1", "backup": "dc2",
+            "sites": {s: {"backup": web["sites"][s]["backup"]} for s in ("dc1", "dc2")},
+            "dns": [{"zone": "example.test", "name": f"extra{i}", "ttl": 30,
+                     "values": {"dc1": f"192.0.2.{50 + i}", "dc2": f"198.51.100.{50 + i}"}}]}
+        lines.append(f"update add extra{i}.example.test. 30 A 192.0.2.{50 + i}")
+    subprocess.run(["nsupdate", "-k", str(lab.tsig_key)], input="\n".join([*lines, "send"]) + "\n", text=True,
+                   check=True, timeout=10)
+    path = lab.dir / "extra.yaml"
+    path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    return path
+
+
+def test_services_flipping_together_share_one_update_per_zone(lab: LabInfo, tmp_path: Path) -> None:
+    inventory = _with_extra_services(lab, 5)
+    serial = lab.soa_serial("example.test")
+    r = drctl("failover", *[f"extra{i}" for i in range(5)], "--yes", "--json", inventory=inventory,
+              state_dir=tmp_path / "state")
+    assert r.rc == 0, r.err
+    assert all(lab.dig(f"extra{i}.example.test") == [f"198.51.100.{50 + i}"] for i in range(5))
+    assert lab.soa_serial("example.test") == serial + 1  # five services, one UPDATE
+    flips = [a for a in r.json()["actions"] if a["kind"] == "flip_dns"]
+    assert all(a["data"]["batch"] == 5 for a in flips)
+
+
+def test_a_conflicting_record_fails_only_its_service(lab: LabInfo, tmp_path: Path) -> None:
+    import subprocess
+
+    inventory = _with_extra_services(lab, 3)
+    subprocess.run(["nsupdate", "-k", str(lab.tsig_key)], text=True, check=True, timeout=10,
+                   input=f"server 127.0.0.1 {lab.ports['named-ns1']}\nupdate delete extra1.example.test. A\n"
+                         "update add extra1.example.test. 30 A 203.0.113.9\nsend\n")
+    r = drctl("failover", "extra0", "extra1", "extra2", "--yes", "--json", inventory=inventory,
+              state_dir=tmp_path / "state")
+    assert r.rc == 5, r.err
+    assert r.json()["services"] == {"extra0": "succeeded", "extra1": "failed", "extra2": "succeeded"}
+    assert lab.dig("extra0.example.test") == ["198.51.100.50"]
+    assert lab.dig("extra1.example.test") == ["203.0.113.9"]  # someone else's change stands
+    assert lab.dig("extra2.example.test") == ["198.51.100.52"]

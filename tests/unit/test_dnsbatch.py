@@ -1,0 +1,92 @@
+"""The DNS batcher's coordination logic (pure; the UPDATE itself is tested against BIND)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from drctl.engine.dnsbatch import ZoneBatcher
+from drctl.errors import DNSConflictError, TSIGError
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+
+
+class Recorder:
+    """Stands in for the UPDATE sender: records each message, refuses names listed as conflicting."""
+
+    def __init__(self, conflicting: set[str] = frozenset(), fail: BaseException | None = None) -> None:  # type: ignore[assignment]
+        self.sent: list[tuple[str, list[str]]] = []
+        self.conflicting = conflicting
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def __call__(self, zone: str, changes: list[Change]) -> list[str]:
+        with self.lock:
+            self.sent.append((zone, [c.name for c in changes]))
+        if self.fail is not None:
+            raise self.fail
+        if any(c.name in self.conflicting for c in changes):
+            raise DNSConflictError("conflict")
+        return [c.name for c in changes]
+
+
+def _submit_all(batcher: ZoneBatcher, jobs: list[tuple[str, str]]) -> dict[str, object]:
+    results: dict[str, object] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def go(zone: str, name: str) -> None:
+        barrier.wait()
+        try:
+            results[name] = batcher.submit(zone, [Change(name)])
+        except Exception as e:
+            results[name] = e
+
+    threads = [threading.Thread(target=go, args=j) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_concurrent_flips_of_a_zone_share_one_update() -> None:
+    send = Recorder()
+    batcher = ZoneBatcher(send, {"a.test": 5, "b.test": 2}, window=5.0)
+    jobs = [("a.test", f"n{i}.a.test.") for i in range(5)] + [("b.test", f"m{i}.b.test.") for i in range(2)]
+    results = _submit_all(batcher, jobs)
+    # everyone expected joined, so nobody waited for the (long) window
+    assert sorted(z for z, _ in send.sent) == ["a.test", "b.test"]
+    assert results["n3.a.test."] == (["n3.a.test."], 5)
+    assert results["m1.b.test."] == (["m1.b.test."], 2)
+
+
+def test_a_conflict_fails_only_its_own_service() -> None:
+    send = Recorder(conflicting={"n2.a.test."})
+    batcher = ZoneBatcher(send, {"a.test": 3}, window=5.0)
+    results = _submit_all(batcher, [("a.test", f"n{i}.a.test.") for i in range(3)])
+    assert isinstance(results["n2.a.test."], DNSConflictError)
+    assert results["n0.a.test."] == (["n0.a.test."], 1)
+    assert results["n1.a.test."] == (["n1.a.test."], 1)
+    assert len(send.sent) == 1 + 3  # the shared attempt, then one per service
+
+
+def test_other_errors_reach_every_member_and_a_lone_flip_does_not_wait() -> None:
+    batcher = ZoneBatcher(Recorder(fail=TSIGError("bad key")), {"a.test": 2}, window=5.0)
+    results = _submit_all(batcher, [("a.test", "x.a.test."), ("a.test", "y.a.test.")])
+    assert all(isinstance(r, TSIGError) for r in results.values())
+    send = Recorder()
+    lone = ZoneBatcher(send, {"a.test": 1}, window=30.0)
+    assert lone.submit("a.test", [Change("z.a.test.")]) == (["z.a.test."], 1)  # would hang 30s if it waited
+
+
+def test_window_bounds_the_wait_for_services_that_never_come() -> None:
+    send = Recorder()
+    batcher = ZoneBatcher(send, {"a.test": 3}, window=0.05)
+    assert batcher.submit("a.test", [Change("x.a.test.")]) == (["x.a.test."], 1)
+    with pytest.raises(DNSConflictError):
+        ZoneBatcher(Recorder(conflicting={"q.a.test."}), {}, window=0.01).submit("a.test", [Change("q.a.test.")])
