@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from drctl.drivers.dns_rfc2136 import TsigKey
     from drctl.drivers.ssh import SSHPool
 
+#: how long a DNS server that does not answer at all may hold wait_dns once the others are in sync
+SILENT_SERVER_GRACE_S = 3.0
+
 Status = Literal["ok", "skipped", "failed", "warn", "planned", "blocked"]
 
 
@@ -186,46 +189,68 @@ def _flip_dns(action: Action, ctx: Context) -> Outcome:
 
 
 def _wait_dns(action: Action, ctx: Context) -> Outcome:
+    """Poll every authoritative server (in parallel) until each serves the new values. A server
+    that does not answer at all is given a short grace once all the others serve the change, then
+    reported as a warning: a dead secondary must not hold a failover for the whole timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from drctl.drivers.dns_rfc2136 import normalize_values, query
 
     svc = ctx.inventory.services[action.service]
     timeout = float(action.params.get("timeout", 60.0))
     interval = float(action.params.get("interval", 0.2))
+    grace = min(timeout, SILENT_SERVER_GRACE_S)
     pending: dict[tuple[str, str, str], list[str]] = {}
     for rec in svc.dns:
         zone = zone_of(ctx.inventory, rec.zone)
         for server in dict.fromkeys([zone.primary, *zone.servers]):
             pending[(server, rec.fqdn(), rec.type)] = normalize_values(rec.type, rec.values_for(action.to_site))
     last: dict[tuple[str, str, str], str] = {}
-    deadline = time.monotonic() + timeout
+    silent: set[tuple[str, str, str]] = set()
     start = time.monotonic()
-    while pending:
-        for key in list(pending):
-            server, name, rdtype = key
-            addr, port, t = ctx.dns_server(server)
-            try:
-                got = query((addr, port), name, rdtype, timeout=min(t, 2.0))
-            except DrctlError as e:
-                last[key] = f"no answer ({e.message})"
-                continue
-            if sorted(got) == pending[key]:
-                del pending[key]
-                last.pop(key, None)
+    deadline = start + timeout
+    others_synced_at: float | None = None
+
+    def ask(key: tuple[str, str, str]) -> tuple[tuple[str, str, str], list[str] | None, str]:
+        server, name, rdtype = key
+        addr, port, t = ctx.dns_server(server)
+        try:
+            return key, query((addr, port), name, rdtype, timeout=min(t, 1.0)), ""
+        except DrctlError as e:
+            return key, None, e.message
+
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(pending))), thread_name_prefix="wait-dns") as pool:
+        while pending:
+            for key, got, error in pool.map(ask, list(pending)):
+                if got is None:
+                    silent.add(key)
+                    last[key] = f"no answer ({error})"
+                    continue
+                silent.discard(key)
+                if sorted(got) == pending[key]:
+                    del pending[key]
+                    last.pop(key, None)
+                else:
+                    last[key] = "answers " + (",".join(got) or "nothing")
+            now = time.monotonic()
+            if not pending or now >= deadline:
+                break
+            if set(pending) <= silent:
+                others_synced_at = others_synced_at or now
+                if now - others_synced_at >= grace:
+                    break
             else:
-                last[key] = "answers " + (",".join(got) or "nothing")
-        if not pending or time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
+                others_synced_at = None
+            time.sleep(interval)
     elapsed = round(time.monotonic() - start, 3)
     if not pending:
         return Outcome("ok", f"all authoritative servers answer the {action.to_site} values after {elapsed}s",
                        {"elapsed_s": elapsed})
-    silent = {k for k, v in last.items() if v.startswith("no answer")}
-    lagging = set(pending) - silent
     problems = "; ".join(f"{s} {n} {t}: {last.get((s, n, t), '?')}" for s, n, t in sorted(pending))
-    if not lagging:
-        return Outcome("warn", f"servers that answered serve the new values; these did not answer: {problems}",
-                       {"elapsed_s": elapsed, "unreachable": sorted({k[0] for k in silent})})
+    if set(pending) <= silent:
+        return Outcome("warn", f"the servers that answer serve the new values; these do not answer: {problems}",
+                       {"elapsed_s": elapsed, "unreachable": sorted({k[0] for k in pending}),
+                        "gave_up": "timeout" if time.monotonic() >= deadline else "grace"})
     return Outcome("failed", f"after {timeout:.0f}s not every server serves the {action.to_site} values: {problems}",
                    {"elapsed_s": elapsed})
 

@@ -82,11 +82,11 @@ def test_failover_completes_with_the_primary_gone(lab: LabInfo, tmp_path: Path) 
                   {"kind": "command", "site": "from", "argv": ["touch", "{service}-fenced"], "timeout": "5s"},
                   {"kind": "flip_dns"}, {"kind": "wait_dns", "timeout": "10s"}, {"kind": "reroute_traffic"},
                   {"kind": "health_check", "site": "to"}]}))
-    t0 = time.monotonic()
-    r = drctl("failover", "--site", "dc1", "--yes", "--json", "--playbook", str(playbook),
-              inventory=lab.inventory, state_dir=tmp_path / "state")
-    elapsed = time.monotonic() - t0
-    lab.daemons["ssh-app1"].resume()
+    try:  # a hang would hit drctl()'s subprocess timeout and fail the test
+        r = drctl("failover", "--site", "dc1", "--yes", "--json", "--playbook", str(playbook),
+                  inventory=lab.inventory, state_dir=tmp_path / "state")
+    finally:
+        lab.daemons["ssh-app1"].resume()
     assert r.rc == 0, r.err
     result = r.json()
     assert result["status"] == "succeeded"
@@ -96,8 +96,6 @@ def test_failover_completes_with_the_primary_gone(lab: LabInfo, tmp_path: Path) 
     db_reroute = next(a for a in result["actions"] if a["service"] == "db" and a["kind"] == "reroute_traffic")
     assert "does not answer" in db_reroute["detail"]
     assert served(lab, DC2) and frontends(lab) == ("web@dc2", "api@dc2")
-    # the frozen host costs its connect timeout once per attempt, not minutes
-    assert elapsed < 90
 
 
 def test_stale_backup_refuses_and_changes_nothing(lab: LabInfo, tmp_path: Path) -> None:
@@ -268,3 +266,16 @@ def test_a_conflicting_record_fails_only_its_service(lab: LabInfo, tmp_path: Pat
     assert lab.dig("extra0.example.test") == ["198.51.100.50"]
     assert lab.dig("extra1.example.test") == ["203.0.113.9"]  # someone else's change stands
     assert lab.dig("extra2.example.test") == ["198.51.100.52"]
+
+
+def test_a_frozen_secondary_dns_server_does_not_hold_the_failover(lab: LabInfo, tmp_path: Path) -> None:
+    lab.daemons["named-ns2"].pause()  # answers nothing: queries time out
+    try:
+        r = drctl("failover", "web", "--yes", "--json", inventory=lab.inventory, state_dir=tmp_path / "state")
+    finally:
+        lab.daemons["named-ns2"].resume()
+    assert r.rc == 0, r.err
+    wait = next(a for a in r.json()["actions"] if a["kind"] == "wait_dns")
+    assert wait["status"] == "warn" and "ns2" in wait["detail"] and "do not answer" in wait["detail"]
+    assert lab.dig("www.example.test", server="ns1") == ["198.51.100.10"]
+    assert wait["data"]["gave_up"] == "grace"  # not the step's 60 s timeout
