@@ -59,6 +59,9 @@ _STDERR_TAIL = 64 * 1024
 _CMD_SHOWN = 200
 
 
+#: after a host failed to answer, further connects within this many seconds fail at once
+DOWN_MEMORY_S = 30.0
+
 @dataclass(frozen=True)
 class CommandResult:
     """What a remote command left: exit status (-1 when killed by a signal), stdout, stderr."""
@@ -144,6 +147,7 @@ class SSHPool:
         self._clients: dict[str, paramiko.SSHClient] = {}
         self._targets: dict[str, _Target] = {}
         self._ssh_config: Any = None
+        self._down: dict[str, tuple[float, HostUnreachableError]] = {}
 
     def __enter__(self) -> SSHPool:
         return self
@@ -343,12 +347,22 @@ class SSHPool:
                 if transport is not None and transport.is_active():
                     return client
                 self._drop(host, client)
-            client = call_with_retry(
-                lambda: self._connect(target, time.monotonic() + target.connect_timeout),
-                retry_on=(HostUnreachableError,),
-                what=f"ssh connect {target.label}",
-                budget=target.connect_timeout,
-            )
+            down = self._down.get(host)
+            if down is not None and time.monotonic() - down[0] < DOWN_MEMORY_S:
+                # a host that just did not answer is not waited for again by every step of the run
+                raise HostUnreachableError(f"{down[1].message} (not retried: no answer "
+                                           f"{time.monotonic() - down[0]:.0f}s ago)", hint=down[1].hint)
+            try:
+                client = call_with_retry(
+                    lambda: self._connect(target, time.monotonic() + target.connect_timeout),
+                    retry_on=(HostUnreachableError,),
+                    what=f"ssh connect {target.label}",
+                    budget=target.connect_timeout,
+                )
+            except HostUnreachableError as e:
+                self._down[host] = (time.monotonic(), e)
+                raise
+            self._down.pop(host, None)
             with self._lock:
                 self._clients[host] = client
             return client

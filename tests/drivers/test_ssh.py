@@ -308,3 +308,13 @@ def test_stalled_key_exchange_fails_within_connect_timeout(
     with pytest.raises(HostUnreachableError, match="did not complete"):
         pool.reachable("stall")
     assert time.monotonic() - start < 5
+
+
+def test_a_host_that_did_not_answer_is_not_waited_for_again(
+        silent_listener: int, sshd: SshServer, make_pool: Callable[..., SSHPool]) -> None:
+    pool = make_pool({"hole": host_for(sshd, port=silent_listener, connect_timeout=0.5)})
+    with pytest.raises(HostUnreachableError, match="no SSH banner"):
+        pool.reachable("hole")
+    # every later step of the run learns it at once, instead of each paying the timeout again
+    with pytest.raises(HostUnreachableError, match="not retried"):
+        pool.run("hole", ["true"])
