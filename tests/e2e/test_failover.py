@@ -279,3 +279,30 @@ def test_a_frozen_secondary_dns_server_does_not_hold_the_failover(lab: LabInfo, 
     assert wait["status"] == "warn" and "ns2" in wait["detail"] and "do not answer" in wait["detail"]
     assert lab.dig("www.example.test", server="ns1") == ["198.51.100.10"]
     assert wait["data"]["gave_up"] == "grace"  # not the step's 60 s timeout
+
+
+def test_failover_with_the_primary_site_black_holed(lab: LabInfo, tmp_path: Path) -> None:
+    """Packets to the primary site vanish (nftables drop): connects hit their timeouts, never hang."""
+    import subprocess
+
+    table = f"drctltest{os.getpid()}"
+    ports = [lab.ports["ssh-app1"], lab.ports["origin-web-dc1"], lab.ports["origin-api-dc1"]]
+    nft = ["nft", "-f", "-"]
+    rules = (f"table inet {table} {{\n chain out {{ type filter hook output priority 0; policy accept;\n"
+             f"  ip daddr 127.0.0.1 tcp dport {{ {', '.join(map(str, ports))} }} drop\n }}\n}}\n")
+    subprocess.run(nft, input=rules, text=True, check=True, timeout=10)
+    try:
+        playbook = tmp_path / "pb.yaml"
+        playbook.write_text(yaml.safe_dump({
+            "version": 1, "name": "failover-fence", "direction": "failover",
+            "steps": [{"kind": "check_freshness"}, {"kind": "health_check"},
+                      {"kind": "command", "site": "from", "argv": ["touch", "{service}-fenced"]},
+                      {"kind": "flip_dns"}, {"kind": "wait_dns"}, {"kind": "reroute_traffic"}]}))
+        r = drctl("failover", "--site", "dc1", "--yes", "--json", "--playbook", str(playbook),
+                  inventory=lab.inventory, state_dir=tmp_path / "state")
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=True, timeout=10)
+    assert r.rc == 0, r.err
+    fences = [a for a in r.json()["actions"] if a["kind"] == "command"]
+    assert [a["status"] for a in fences] == ["skipped"] * 3
+    assert served(lab, DC2) and frontends(lab) == ("web@dc2", "api@dc2")
