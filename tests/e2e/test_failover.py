@@ -157,11 +157,20 @@ def test_wrong_tsig_key_gives_a_clear_error(lab: LabInfo, tmp_path: Path) -> Non
     text = lab.tsig_key.read_text()
     secret = text.split('secret "')[1].split('"')[0]
     lab.tsig_key.write_text(text.replace(secret, "c2VjcmV0LWJ1dC13cm9uZy0xMjM0NTY3ODkwMTIzNDU2Nzg5MA=="))
-    r = drctl("failover", "web", "--yes", inventory=lab.inventory, state_dir=tmp_path / "state")
+    state = tmp_path / "state"
+    r = drctl("failover", "web", "--yes", inventory=lab.inventory, state_dir=state)
     assert r.rc == 5, r.err
     assert "TSIG" in r.err and "drctl-lab" in r.err
+    assert secret not in r.err + r.out
     assert lab.dig("www.example.test") == ["192.0.2.10"]
-    assert "drctl resume" in r.err
+    run_id = only_run_id(state)
+    assert run_id and f"drctl resume {run_id}" in r.err
+    # the operator puts the right key back and resumes: the run finishes where it stopped
+    lab.tsig_key.write_text(text)
+    resumed = drctl("resume", run_id, "--yes", "--json", state_dir=state)
+    assert resumed.rc == 0, resumed.err
+    assert lab.dig("www.example.test") == ["198.51.100.10"] and frontends(lab)[0] == "web@dc2"
+    assert secret not in (state / "runs" / f"{run_id}.jsonl").read_text()
 
 
 def test_record_changed_by_someone_else_is_not_overwritten(lab: LabInfo, tmp_path: Path) -> None:
@@ -306,3 +315,30 @@ def test_failover_with_the_primary_site_black_holed(lab: LabInfo, tmp_path: Path
     fences = [a for a in r.json()["actions"] if a["kind"] == "command"]
     assert [a["status"] for a in fences] == ["skipped"] * 3
     assert served(lab, DC2) and frontends(lab) == ("web@dc2", "api@dc2")
+
+
+def test_operator_types_the_service_name_to_confirm(lab: LabInfo, tmp_path: Path) -> None:
+    """At a terminal, a run waits for the operator to type what it will move."""
+    import pty
+    import subprocess
+    import sys
+
+    from tests.e2e.helpers import drctl_env
+
+    def at_terminal(answer: str) -> tuple[int, str]:
+        leader, follower = pty.openpty()
+        env = drctl_env(tmp_path / "state", DRCTL_INVENTORY=str(lab.inventory))
+        proc = subprocess.Popen([sys.executable, "-m", "drctl", "failover", "web"], stdin=follower,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        os.close(follower)
+        os.write(leader, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=120)
+        os.close(leader)
+        return proc.returncode, err
+
+    rc, err = at_terminal("wbe")
+    assert rc == 130 and "Type web to confirm" in err and "nothing was changed" in err
+    assert lab.dig("www.example.test") == ["192.0.2.10"]
+    rc, err = at_terminal("web")
+    assert rc == 0, err
+    assert lab.dig("www.example.test") == ["198.51.100.10"]
