@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from drctl import __version__
-from drctl.cli import run
+from drctl.cli import check, drill, report, run, status
 from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt
 from drctl.core import render
 from drctl.errors import ConfigError, DrctlError
@@ -90,6 +90,10 @@ app.command("failover")(run.failover_cmd)
 app.command("failback")(run.failback_cmd)
 app.command("resume")(run.resume_cmd)
 app.command("history")(run.history_cmd)
+app.command("check")(check.check_cmd)
+app.command("drill")(drill.drill_cmd)
+app.command("status")(status.status_cmd)
+app.command("report")(report.report_cmd)
 
 
 def _register_optional() -> None:

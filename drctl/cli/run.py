@@ -49,6 +49,7 @@ class PlanFormat(StrEnum):
     table = "table"
     json = "json"
     md = "md"
+    html = "html"
 
 
 def make_plan(inventory: Path, operation: str, services: list[str] | None, site: str | None,
@@ -71,19 +72,28 @@ def plan_cmd(
     services: ServicesArg = None,
     site: SiteOpt = None,
     playbook: PlaybookOpt = None,
-    fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="table, json or md")] = PlanFormat.table,
+    fmt: Annotated[PlanFormat, typer.Option("--format", "-f", help="table, json, md or html")] = PlanFormat.table,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="md and html reports: include the findings "
+                                                                   "of a readiness check")] = True,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
 ) -> int:
     """Show the ordered actions a failover or failback would take, and what each changes from -> to.
 
     Reads current DNS answers and load-balancer states to show real "from" values; changes nothing.
+    The md and html reports add expected durations and the findings of a readiness check.
     """
-    _, plan, _ = make_plan(inventory, operation.value, services, site, playbook)
+    inv, plan, _ = make_plan(inventory, operation.value, services, site, playbook)
     if json_out or fmt is PlanFormat.json:
         ENV.stdout.write(render.to_json(plan.to_dict()) + "\n")
-    elif fmt is PlanFormat.md:
-        ENV.stdout.write(render.plan_markdown(plan) + "\n")
+    elif fmt in (PlanFormat.md, PlanFormat.html):
+        from drctl.cli.check import readiness_of
+        from drctl.core import report
+
+        findings, verdicts = (readiness_of(inv, [sp.service for sp in plan.services], None, operation.value)
+                              if check else ([], {}))
+        doc = report.plan_markdown if fmt is PlanFormat.md else report.plan_html
+        ENV.stdout.write(doc(plan, findings, verdicts).rstrip("\n") + "\n")
     else:
         ENV.out.print(render.plan_table(plan))
         for n in plan.notes:
@@ -149,7 +159,7 @@ def _run_command(operation: str) -> Callable[..., int]:
         force: Annotated[bool, typer.Option("--force", help="go on even if the gate checks fail "
                                                              "(stale backup, unhealthy target)")] = False,
         json_out: JsonOpt = False,
-        parallel: ParallelOpt = 8,
+        parallel: ParallelOpt = 32,
         inventory: InventoryOpt = DEFAULT_INVENTORY,
         state: StateDirOpt = None,
     ) -> int:

@@ -105,7 +105,7 @@ def backup_finding(service: str, site: str, where: str, *, age_s: float | None, 
     ``target``: the site a failover would move to. A problem there fails the check; at the other
     site (needed to fail back) it is a warning."""
     bad: Level = "fail" if target else "warn"
-    subject = f"backup at {site}"
+    subject = site
     role = "" if target else " (needed to fail back)"
     data = {"site": site, "age_s": age_s, "max_age_s": max_age_s, "rpo_s": rpo_s, "newest": newest}
     if error is not None:
@@ -126,9 +126,10 @@ def backup_finding(service: str, site: str, where: str, *, age_s: float | None, 
 
 
 def health_finding(service: str, site: str, target: str, *, ok: bool, detail: str) -> Finding:
+    data = {"site": site, "target": target}
     if ok:
-        return Finding(service, "health", f"{site} {target}", "ok", detail or "healthy")
-    return Finding(service, "health", f"{site} {target}", "fail", f"unhealthy: {detail}")
+        return Finding(service, "health", site, "ok", detail or "healthy", data)
+    return Finding(service, "health", site, "fail", f"unhealthy: {detail or target}", data)
 
 
 def tsig_finding(service: str, zone: str, server: str, key_name: str | None, error: str | None) -> Finding:
@@ -158,17 +159,18 @@ def haproxy_finding(service: str, balancer: str, backend: str, wanted: Mapping[s
 
 def baseline_finding(service: str, target: str, *, age_s: float | None, limit_s: float,
                      error: str | None = None) -> Finding:
-    """The integrity baseline of one target: it must exist and be younger than ``limit_s``."""
+    """The newest integrity baseline of one target against its ``baseline_max_age``. An old or
+    missing baseline is a warning: a failover does not need it, a verification after losing
+    the primary does."""
     subject = f"integrity baseline {target}"
+    data = {"age_s": age_s, "limit_s": limit_s}
     if error is not None:
-        return Finding(service, "baseline", subject, "fail", error)
+        return Finding(service, "baseline", subject, "warn", error, data)
     if age_s is None:
-        return Finding(service, "baseline", subject, "fail",
-                       "no baseline recorded (run `drctl verify` to record one)")
+        return Finding(service, "baseline", subject, "warn",
+                       "no baseline recorded (`drctl verify` records one)", data)
     if age_s > limit_s:
-        return Finding(service, "baseline", subject, "fail",
-                       f"{format_duration(age_s)} old, older than its limit {format_duration(limit_s)}",
-                       {"age_s": age_s, "limit_s": limit_s})
+        return Finding(service, "baseline", subject, "warn",
+                       f"{format_duration(age_s)} old, older than its limit {format_duration(limit_s)}", data)
     return Finding(service, "baseline", subject, "ok",
-                   f"{format_duration(max(age_s, 0.0))} old (limit {format_duration(limit_s)})",
-                   {"age_s": age_s, "limit_s": limit_s})
+                   f"{format_duration(max(age_s, 0.0))} old (limit {format_duration(limit_s)})", data)
