@@ -83,7 +83,8 @@ class TsigKey:
 _KEY_BLOCK = re.compile(r'\bkey\s+("([^"]+)"|([^\s{;"]+))\s*\{(.*?)\}\s*;', re.S)
 _KEY_ALG = re.compile(r'\balgorithm\s+"?([A-Za-z0-9.-]+)"?\s*;')
 _KEY_SECRET = re.compile(r'\bsecret\s+"([^"]*)"\s*;')
-_COMMENT = re.compile(r"(#|//)[^\n]*|/\*.*?\*/", re.S)
+# comments outside quoted strings (a base64 secret may well contain "//")
+_COMMENT = re.compile(r'("(?:[^"\\]|\\.)*")|(?:#|//)[^\n]*|/\*.*?\*/', re.S)
 
 
 def _check_key(name: str, algorithm: str, secret: str, where: str) -> TsigKey:
@@ -105,7 +106,7 @@ def _check_key(name: str, algorithm: str, secret: str, where: str) -> TsigKey:
 
 
 def _parse_key_text(text: str, where: str, name: str | None) -> TsigKey:
-    text = _COMMENT.sub("", text)
+    text = _COMMENT.sub(lambda m: m.group(1) or "", text)
     keys: dict[str, TsigKey] = {}
     for m in _KEY_BLOCK.finditer(text):
         kname = m.group(2) or m.group(3)

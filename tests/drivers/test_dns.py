@@ -94,6 +94,14 @@ def test_key_file_with_several_keys_needs_a_name(tmp_path: Path) -> None:
         rfc2136.load_tsig_key(f, name="c")
 
 
+def test_secret_containing_comment_markers_is_kept_whole(tmp_path: Path) -> None:
+    # base64 secrets contain "/" and so, now and then, "//": not a comment inside quotes
+    secret = "AB//cd+EFgh/ijk="
+    f = tmp_path / "k.key"
+    f.write_text(f'// generated\nkey "k" {{\n\talgorithm hmac-sha256; # the default\n\tsecret "{secret}";\n}};\n')
+    assert rfc2136.load_tsig_key(f).secret == secret
+
+
 @pytest.mark.parametrize("text, message", [
     ("nothing here", "no `key"),
     ('key "k" { algorithm hmac-sha256; };', "no `secret"),
