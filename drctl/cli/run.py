@@ -238,7 +238,8 @@ def history_cmd(
     from drctl.engine.store import RunStore
 
     store = RunStore(state_dir(state))
-    rows = [summarize_run(run_id, store.read(run_id)) for run_id in store.list_runs()[:limit]]
+    rows = sorted((summarize_run(run_id, store.read(run_id)) for run_id in store.list_runs()),
+                  key=lambda r: r["started_ts"], reverse=True)[:limit]
     if json_out:
         ENV.stdout.write(render.to_json(rows) + "\n")
         return 0
@@ -256,7 +257,7 @@ def summarize_run(run_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     started = start.get("ts")
     last = records[-1] if records else {}
     status = last["status"] if last.get("event") == "run_finished" else "interrupted"
-    return {"run_id": run_id, "operation": start.get("operation", "?"),
+    return {"run_id": run_id, "operation": start.get("operation", "?"), "started_ts": started or 0.0,
             "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if started else "?",
             "status": status, "services": [s["service"] for s in start.get("plan", {}).get("services", [])],
             "user": start.get("user", "?")}

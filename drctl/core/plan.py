@@ -98,10 +98,30 @@ class Plan:
                 return sp
         raise KeyError(name)
 
+    def schedule(self, t0: float = 0.0) -> list[tuple[Action, float, float]]:
+        """When each action would run if it took its expected time, the way the runner runs them:
+        every gate check at once; then each service's steps in order, starting when the gate is
+        over and the services it depends on have finished."""
+        out: list[tuple[Action, float, float]] = []
+        gate_end = t0
+        for a in self.actions():
+            if a.gate:
+                out.append((a, t0, t0 + a.expected_s))
+                gate_end = max(gate_end, t0 + a.expected_s)
+        finish: dict[str, float] = {}
+        for level in self.levels:
+            for name in level:
+                sp = self.service(name)
+                t = max([gate_end, *(finish[d] for d in sp.depends_on if d in finish)])
+                for a in sp.actions:
+                    if not a.gate:
+                        out.append((a, t, t + a.expected_s))
+                        t += a.expected_s
+                finish[name] = t
+        return out
+
     def expected_duration_s(self) -> float:
-        """Sum along the dependency levels of each level's slowest service."""
-        by_name = {sp.service: sum(a.expected_s for a in sp.actions) for sp in self.services}
-        return sum(max((by_name[s] for s in level), default=0.0) for level in self.levels)
+        return max((end for _, _, end in self.schedule()), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"operation": self.operation, "playbook": self.playbook, "notes": list(self.notes),

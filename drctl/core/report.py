@@ -314,32 +314,6 @@ def drill_html(drill: Mapping[str, Any]) -> str:
 # --- plans ---------------------------------------------------------------------------------------
 
 
-def plan_schedule(plan: Plan, t0: float = 0.0) -> list[tuple[Action, float, float]]:
-    """When each action would run if it took its expected time: the gate for every service at
-    once, then the dependency levels one after the other, each service's steps in order."""
-    out: list[tuple[Action, float, float]] = []
-    gate = [a for a in plan.actions() if a.gate]
-    gate_end = t0
-    by_service: dict[str, float] = {}
-    for a in gate:  # a service's gate checks run in parallel with everyone's
-        out.append((a, t0, t0 + a.expected_s))
-        gate_end = max(gate_end, t0 + a.expected_s)
-        by_service[a.service] = max(by_service.get(a.service, t0), t0 + a.expected_s)
-    level_start = gate_end
-    for level in plan.levels:
-        level_end = level_start
-        for name in level:
-            t = level_start
-            for a in plan.service(name).actions:
-                if a.gate:
-                    continue
-                out.append((a, t, t + a.expected_s))
-                t += a.expected_s
-            level_end = max(level_end, t)
-        level_start = level_end
-    return out
-
-
 def _worst_case_s(a: Action) -> float | None:
     t = a.params.get("timeout")
     return float(t) if t is not None else None
@@ -382,7 +356,7 @@ def plan_html(plan: Plan, findings: Sequence[Finding] = (), verdicts: Mapping[st
     """The planning report: ordered steps, what each changes, expected durations (with TTL waits
     and timeouts), an expected timeline per service, and the readiness findings."""
     verdicts = verdicts or {}
-    sched = plan_schedule(plan)
+    sched = plan.schedule()
     total = max((end for _a, _s, end in sched), default=0.0)
     lanes = [n for level in plan.levels for n in level]
     bars = [Bar(a.service, a.kind, s, e, "planned", f"{a.kind}: {a.title} (expected {format_duration(a.expected_s)})")

@@ -100,7 +100,7 @@ class Context:
         with self._lock:
             if zone not in self._keys:
                 ref = zone_of(self.inventory, zone).tsig
-                key = load_tsig_key(file=self.inventory.resolve_path(ref.file), env=ref.env)
+                key = load_tsig_key(file=self.inventory.resolve_path(ref.file), env=ref.env, name=ref.name)
                 self._keys[zone] = key
             return self._keys[zone]
 

@@ -289,7 +289,8 @@ def _inventory(info: LabInfo, ssh: dict[str, SshServer]) -> dict[str, Any]:
         }
         if svc in HTTP_SERVICES:
             entry["traffic"] = {"kind": "haproxy", "balancer": "lb1", "backend": svc,
-                                "servers": {"dc1": "dc1", "dc2": "dc2"}}
+                                "servers": {"dc1": "dc1", "dc2": "dc2"},
+                                "frontend": f"http://127.0.0.1:{info.frontends[svc]}/health"}
         else:
             marker = {site: str(d / "hosts" / HOSTS[site] / "db-active") for site in SITES}
             entry["traffic"] = {

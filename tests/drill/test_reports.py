@@ -187,7 +187,7 @@ def test_run_from_journal_marks_what_never_ran_and_what_was_interrupted() -> Non
 def test_plan_reports_show_durations_timeline_and_findings(operation: str) -> None:
     inv = load_inventory(ROOT / "inventory/example.yaml")
     plan = build_plan(inv, load_playbook(builtin_playbook(operation)), ["api", "db", "web"], operation)
-    sched = report.plan_schedule(plan)
+    sched = plan.schedule()
     start = {a.id: s for a, s, _e in sched}
     end = {a.id: e for a, _s, e in sched}
     # api depends on db: its first change starts after db's last step is expected to end
