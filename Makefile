@@ -37,3 +37,6 @@ lab-down:
 
 clean:
 	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache
+
+bench-verify: install  ## drctl verify vs rsync -rcn on ~2,000 files / 1 GB per side, and a 1e6-row table
+	$(PY) bench/bench_verify.py

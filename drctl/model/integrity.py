@@ -75,10 +75,21 @@ def _check_globs(globs: list[str]) -> list[str]:
             raise ValueError(f"empty glob {g!r}")
         if "\0" in g or "\n" in g:
             raise ValueError(f"glob {g!r} contains a NUL or newline character")
+        if "\\" in g or "[^" in g:
+            raise ValueError(f"glob {g!r}: backslash escapes and [^...] are not supported "
+                             "(write [*] for a literal *, [!...] to negate a set)")
+    return globs
+
+
+def _check_includes(globs: list[str]) -> list[str]:
+    for g in globs:
+        if g.endswith("/"):
+            raise ValueError(f"include glob {g!r} ends with /: includes select files; write {g + '*'!r}")
     return globs
 
 
 Globs = Annotated[list[str], AfterValidator(_check_globs)]
+Includes = Annotated[list[str], AfterValidator(_check_globs), AfterValidator(_check_includes)]
 
 
 class FilesTarget(_Model):
@@ -87,15 +98,21 @@ class FilesTarget(_Model):
     kind: Literal["files"]
     name: Name
     sites: dict[Name, FileTreeSite]
-    include: Globs = Field(default_factory=list, description="only files matching one of these (default: all)")
+    include: Includes = Field(default_factory=list, description="only files matching one of these (default: all)")
     exclude: Globs = Field(default_factory=list, description="files and directories to leave out")
     algorithm: Literal["sha256", "sha1", "sha512", "blake2b"] = "sha256"
     hasher: Literal["auto", "python", "coreutils"] = Field(
         "auto", description="auto: the host's python3 when it has one, else coreutils")
     workers: int | None = Field(None, ge=1, le=64, description="hashing threads per host (default: its CPUs)")
     cache: bool = Field(True, description="keep a manifest cache on each host so unchanged files are not re-hashed")
-    mass_change: MassChange = Field(default_factory=MassChange)
+    cache_dir: str | None = Field(None, description="where on the hosts (default ~/.cache/drctl/manifests)")
+    cache_settle: Duration = Field(
+        2.0, description="a file changed less than this before it was read is read again next time "
+                         "(filesystem timestamps are coarse; raise it for FAT or some NFS servers)")
+    mass_change: MassChange = Field(default_factory=lambda: MassChange.model_validate({}))
     timeout: Duration = Field(3600.0, description="for hashing one side")
+    baseline_max_age: Duration | None = Field(
+        None, description="`drctl check` warns when the newest baseline is older than this")
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
@@ -149,6 +166,8 @@ class PostgresTarget(_Model):
     hash_buckets: int = Field(256, ge=2, le=65536, description="buckets for keys that are not integers")
     max_rows_listed: int = Field(1000, ge=0, description="differing keys named per table, at most")
     timeout: Duration = 600.0
+    baseline_max_age: Duration | None = Field(
+        None, description="`drctl check` warns when the newest baseline is older than this")
 
 
 IntegrityTarget = Annotated[FilesTarget | PostgresTarget, Field(discriminator="kind")]
