@@ -319,13 +319,18 @@ def _verify_integrity(action: Action, ctx: Context) -> Outcome:
     from drctl.drivers.integrity import verify_service
 
     svc = ctx.inventory.services[action.service]
-    report = verify_service(ctx.inventory, action.service, ctx.pool, ctx.state_dir, full=ctx.full_verify,
-                            primary_site=svc.primary, backup_site=svc.backup)
+    warn_only = action.params.get("policy") == "warn"
+    try:
+        report = verify_service(ctx.inventory, action.service, ctx.pool, ctx.state_dir, full=ctx.full_verify,
+                                primary_site=svc.primary, backup_site=svc.backup)
+    except DrctlError as e:
+        if warn_only:  # e.g. the primary is gone and no baseline was recorded
+            return Outcome("warn", f"could not verify: {e.message}", {"error": type(e).__name__})
+        raise
     data = report.as_dict()
     if report.ok:
         return Outcome("ok", report.summary(), data)
-    status: Status = "warn" if action.params.get("policy") == "warn" else "failed"
-    return Outcome(status, report.summary(), data)
+    return Outcome("warn" if warn_only else "failed", report.summary(), data)
 
 
 _HANDLERS: dict[str, Callable[[Action, Context], Outcome]] = {

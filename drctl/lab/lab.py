@@ -251,6 +251,17 @@ def _write_backups(root: Path, now: float) -> None:
             os.utime(path, (t, t))
 
 
+def _write_site_content(root: Path) -> None:
+    """The web service's content, the same on both hosts: what `drctl verify web` compares."""
+    base = root / "data" / "web"
+    for rel, text in (("index.html", "<h1>drctl lab</h1>\n"), ("about/team.html", "<p>on call</p>\n"),
+                      ("assets/app.css", "body { font-family: sans-serif }\n"),
+                      ("uploads/report 2026 (final).txt", "quarterly figures\n")):
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
 def _inventory(info: LabInfo, ssh: dict[str, SshServer]) -> dict[str, Any]:
     d = info.dir
     sites: dict[str, Any] = {}
@@ -302,6 +313,10 @@ def _inventory(info: LabInfo, ssh: dict[str, SshServer]) -> dict[str, Any]:
             }
         if svc == "api":
             entry["depends_on"] = ["db"]
+        if svc == "web":
+            entry["integrity"] = [{"kind": "files", "name": "site-content", "baseline_max_age": "1d", "sites": {
+                site: {"host": HOSTS[site], "path": str(d / "hosts" / HOSTS[site] / "data" / "web")}
+                for site in SITES}}]
         entry["rto"] = "5m"
         entry["rpo"] = "1h"
         services[svc] = entry
@@ -382,9 +397,11 @@ def _start_all(dir: Path) -> dict[str, Daemon]:
     with ThreadPoolExecutor(max_workers=4) as pool:
         tsig_f = pool.submit(write_tsig_key, keys / "tsig.key", TSIG_NAME)
         key_f = pool.submit(ssh_keygen, keys / "client_ed25519", "drctl-lab")
-        for site in SITES:
-            pool.submit(_write_backups, dir / "hosts" / HOSTS[site], now)
+        files = [pool.submit(write, dir / "hosts" / HOSTS[site], *extra)
+                 for site in SITES for write, extra in ((_write_backups, (now,)), (_write_site_content, ()))]
         tsig, client_key = tsig_f.result(), key_f.result()
+        for f in files:
+            f.result()
 
     ssh = {HOSTS[s]: SshServer(run / f"ssh-{HOSTS[s]}", client_key=client_key, name=f"ssh-{HOSTS[s]}")
            for s in SITES}
