@@ -8,16 +8,17 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, load_inventory
 from drctl.core import render
-from drctl.core.plan import select_services
 from drctl.core.readiness import Finding, Verdict, all_ready, verdicts
 from drctl.errors import NotReadyError
-from drctl.model.inventory import Inventory
+
+if TYPE_CHECKING:
+    from drctl.model.inventory import Inventory
 
 ServicesArg = Annotated[list[str] | None, typer.Argument(help="services to check (or --site / --all)",
                                                          show_default=False)]
@@ -69,6 +70,8 @@ def check_cmd(
     the backend servers; integrity baselines are recent enough. Exit 0 when every service is
     ready, 7 when any is not.
     """
+    from drctl.core.plan import select_services
+
     started = time.time()
     inv = load_inventory(inventory)
     selected = select_services(inv, services or [], site, all_services)

@@ -13,17 +13,20 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from drctl.core.plan import Action
-from drctl.engine.steps import Outcome
 from drctl.engine.store import default_state_dir, ensure_state_dir
 from drctl.errors import AbortedError, UsageError
-from drctl.model.inventory import Inventory, format_duration
+from drctl.units import format_duration
+
+if TYPE_CHECKING:  # the models cost ~120 ms to import: only the commands that load an inventory pay it
+    from drctl.core.plan import Action
+    from drctl.engine.steps import Outcome
+    from drctl.model.inventory import Inventory
 
 
 def _console(stream: TextIO) -> Console:

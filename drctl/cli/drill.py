@@ -26,9 +26,8 @@ from drctl.cli.common import (
     state_dir,
 )
 from drctl.core import render
-from drctl.core.plan import select_services
 from drctl.errors import UsageError
-from drctl.model.inventory import format_duration
+from drctl.units import format_duration
 
 ServicesArg = Annotated[list[str] | None, typer.Argument(help="services to drill (or use --site)", show_default=False)]
 SiteOpt = Annotated[str | None, typer.Option("--site", "-s", help="every service whose primary is SITE")]
@@ -79,6 +78,8 @@ def drill_cmd(
     from drctl.engine.steps import Context
 
     inv = load_inventory(inventory)
+    from drctl.core.plan import select_services
+
     selected = select_services(inv, services or [], site)
     fo_pb, fo_path = _playbook(playbook, "drill", "failover", inv)
     fb_pb, fb_path = _playbook(failback_playbook, "failback", "failback", inv)

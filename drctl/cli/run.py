@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,8 +28,10 @@ from drctl.cli.common import (
     state_dir,
 )
 from drctl.core import render
-from drctl.core.plan import Plan, build_plan, inventory_digest, select_services
 from drctl.errors import RefusedError, UsageError
+
+if TYPE_CHECKING:
+    from drctl.core.plan import Plan
 
 ServicesArg = Annotated[list[str] | None, typer.Argument(help="services to move (or use --site)", show_default=False)]
 SiteOpt = Annotated[str | None, typer.Option("--site", "-s", help="every service whose primary is SITE")]
@@ -54,6 +56,7 @@ class PlanFormat(StrEnum):
 
 def make_plan(inventory: Path, operation: str, services: list[str] | None, site: str | None,
               playbook: Path | None) -> tuple[Any, Plan, Path]:
+    from drctl.core.plan import build_plan, select_services
     from drctl.engine.observe import observe
     from drctl.model.load import builtin_playbook, load_playbook
 
@@ -191,6 +194,7 @@ def resume_cmd(
     state: StateDirOpt = None,
 ) -> int:
     """Finish an interrupted run: skip the steps it completed, repeat the one in flight, go on."""
+    from drctl.core.plan import Plan, inventory_digest
     from drctl.engine.runner import Runner, done_from_journal, run_meta
     from drctl.engine.steps import Context
     from drctl.engine.store import LeaseStore, RunStore

@@ -13,8 +13,7 @@ import typer
 
 from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, load_inventory
 from drctl.core import render
-from drctl.core.plan import select_services
-from drctl.model.inventory import format_duration
+from drctl.units import format_duration
 
 RUNS_READ = 200  # newest journals read for "last run" and command-moved traffic
 
@@ -29,6 +28,8 @@ def gather_status(inventory: Path, services: list[str] | None, state: Path | Non
     from drctl.errors import RunNotFoundError
 
     inv = load_inventory(inventory)
+    from drctl.core.plan import select_services
+
     selected = select_services(inv, services or [], None, all_services=not services)
     sd = state or default_state_dir()
     ctx = Context(inv, state_dir=sd)

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from drctl.errors import AbortedError, NotReadyError, RefusedError, StepFailedError
-from drctl.model.inventory import HAProxyTraffic, HealthCheck, Inventory, format_duration
+from drctl.model.inventory import HAProxyTraffic, HealthCheck, Inventory
+from drctl.units import format_duration
 
 #: drill (and service) result -> exit code
 EXIT_BY_RESULT = {"passed": 0, "missed": NotReadyError.exit_code, "failed": StepFailedError.exit_code,

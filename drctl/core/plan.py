@@ -348,6 +348,6 @@ def zone_of(inv: Inventory, zone: str) -> Any:
 
 
 def _dur(seconds: float) -> str:
-    from drctl.model.inventory import format_duration
+    from drctl.units import format_duration
 
     return format_duration(seconds)

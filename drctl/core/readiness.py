@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from drctl.model.inventory import format_duration
+from drctl.units import format_duration
 
 Level = Literal["ok", "warn", "fail"]
 #: the checks, in the order their findings are listed for a service

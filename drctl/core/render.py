@@ -6,13 +6,15 @@ Pure: takes values, returns values (strings or rich renderables); printing is th
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from drctl.core.plan import Plan
-from drctl.model.inventory import format_duration
+from drctl.units import format_duration
+
+if TYPE_CHECKING:
+    from drctl.core.plan import Plan
 
 _STATUS_STYLE = {"ok": "green", "succeeded": "green", "skipped": "yellow", "warn": "yellow",
                  "planned": "cyan", "dry-run": "cyan", "failed": "red", "blocked": "red", "refused": "red",

@@ -27,7 +27,7 @@ from typing import Any
 from drctl.core import render
 from drctl.core.plan import Action, Plan
 from drctl.core.readiness import Finding, Verdict
-from drctl.model.inventory import format_duration
+from drctl.units import format_duration
 
 # --- runs from the journal -----------------------------------------------------------------------
 

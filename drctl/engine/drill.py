@@ -39,8 +39,8 @@ from drctl.engine.runner import Reporter, Runner, RunResult, SilentReporter, run
 from drctl.engine.steps import Context
 from drctl.engine.store import Lease, LeaseStore, RunStore, new_run_id
 from drctl.errors import DrctlError, RunNotFoundError
-from drctl.model.inventory import format_duration
 from drctl.model.playbook import Playbook
+from drctl.units import format_duration
 
 _DRILL_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-drill-[0-9a-f]{6}$")
 DNS_PROBE_S = 5.0  # how long the real-path check waits for every server to answer the new values

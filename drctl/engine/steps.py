@@ -24,7 +24,8 @@ from drctl.errors import (
     HostUnreachableError,
     StepFailedError,
 )
-from drctl.model.inventory import CommandSpec, CommandTraffic, HAProxyTraffic, Inventory, format_duration
+from drctl.model.inventory import CommandSpec, CommandTraffic, HAProxyTraffic, Inventory
+from drctl.units import format_duration
 
 if TYPE_CHECKING:
     from drctl.drivers.dns_rfc2136 import TsigKey

@@ -24,14 +24,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from drctl.units import parse_duration
+
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$]*"
 _PASSWORD_IN_CONNINFO = re.compile(r"(^|\s)password\s*=|^postgres(ql)?://[^/@]*:[^/@]*@|[?&]password=", re.I)
 
 
 def _duration(value: Any) -> float:
-    from drctl.model.inventory import parse_duration  # imported late: inventory imports this module
-
     return parse_duration(value)
 
 
