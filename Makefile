@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LAB_DIR ?= $(CURDIR)/.lab
 
-.PHONY: install deps test lint demo lab-up lab-down bench bench-verify clean
+.PHONY: install deps test lint demo lab-up lab-down bench bench-failover bench-verify clean
 
 deps:  ## Debian packages for the real servers the tests and the lab start
 	@./scripts/install-deps.sh
@@ -37,6 +37,11 @@ lab-down:
 
 clean:
 	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache
+
+bench: bench-failover bench-verify  ## every benchmark; each prints figures, the last line as JSON
+
+bench-failover: install  ## the lab plus 40 services failed over and back: wall time, SSH logins, DNS UPDATEs
+	$(PY) bench/bench_failover.py --services 40
 
 bench-verify: install  ## drctl verify vs rsync -rcn on ~2,000 files / 1 GB per side, and a 1e6-row table
 	$(PY) bench/bench_verify.py
