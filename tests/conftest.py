@@ -23,7 +23,7 @@ import pytest
 from drctl.lab.lab import LabInfo, lab_down, lab_status, lab_up
 from drctl.lab.servers import Daemon, HttpOrigin, NamedServer, SshServer, pid_gone, write_tsig_key
 
-SERVER_FIXTURES = {"lab", "start_daemon", "ssh_server", "tsig_key", "dns_pair", "http_origin"}
+SERVER_FIXTURES = {"lab", "start_daemon", "module_daemons", "ssh_server", "tsig_key", "dns_pair", "http_origin"}
 
 D = TypeVar("D", bound=Daemon)
 
@@ -71,9 +71,8 @@ def lab(tmp_path: Path) -> Iterator[LabInfo]:
         assert not left, f"still running after lab_down: {left}"
 
 
-@pytest.fixture
-def start_daemon() -> Iterator[Callable[[D], D]]:
-    """``start_daemon(SshServer(tmp_path / "ssh"))`` starts it and returns it; stopped after the test."""
+def _daemon_starter() -> Iterator[Callable[[D], D]]:
+    """Yields ``start(daemon)``; afterwards stops every daemon started and checks none is left."""
     started: list[Daemon] = []
 
     def start(daemon: D) -> D:
@@ -86,6 +85,18 @@ def start_daemon() -> Iterator[Callable[[D], D]]:
         daemon.stop()
     left = [d.name for d in started if d.alive() or (d.pid is not None and not pid_gone(d.pid))]
     assert not left, f"still running after stop: {left}"
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[[D], D]]:
+    """``start_daemon(SshServer(tmp_path / "ssh"))`` starts it and returns it; stopped after the test."""
+    yield from _daemon_starter()
+
+
+@pytest.fixture(scope="module")
+def module_daemons() -> Iterator[Callable[[D], D]]:
+    """Like ``start_daemon``, for daemons shared by a whole test module."""
+    yield from _daemon_starter()
 
 
 @pytest.fixture

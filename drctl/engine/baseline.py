@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from drctl.core.integrity import BaselineRef, Entry, RecordError, parse_record
+from drctl.engine.store import fsync_dir
 from drctl.errors import StepFailedError
 
 MAGIC = b"drctl-baseline 1\n"
@@ -41,14 +42,6 @@ class BaselineError(StepFailedError):
 
 def baseline_dir(state_dir: Path, service: str, target: str) -> Path:
     return state_dir / "baselines" / service / target
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _stamp(t: float) -> str:
@@ -103,7 +96,7 @@ class BaselineWriter:
             f.close()
             self._f = None
             os.replace(self.tmp, self.path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as e:
             raise BaselineError(f"cannot store the baseline {self.path}: {e.strerror}") from None
         prune(self.dir, self.keep)

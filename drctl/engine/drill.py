@@ -266,17 +266,8 @@ class Drill:
             self.runs.close()
 
     def _acquire(self) -> list[Lease]:
-        store = LeaseStore(self.state_dir)
-        got: list[Lease] = []
-        try:
-            for name in sorted(self.services):
-                got.append(store.acquire(name, {"run_id": self.drill_id, "operation": "drill",
-                                                "user": run_meta({})["user"]}))
-        except DrctlError:
-            for lease in got:
-                lease.release()
-            raise
-        return got
+        return LeaseStore(self.state_dir).acquire_all(
+            list(self.services), {"run_id": self.drill_id, "operation": "drill", "user": run_meta({})["user"]})
 
     def _runner(self, plan: Any, operation: str, force: bool) -> tuple[Runner, dict[str, Any]]:
         run_id = new_run_id(operation)

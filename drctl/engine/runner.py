@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from drctl.core.plan import Action, Plan
 from drctl.engine.steps import Context, Outcome, execute
 from drctl.engine.store import Lease, LeaseStore, RunStore
-from drctl.errors import AbortedError, DrctlError
+from drctl.errors import AbortedError
 
 
 class Reporter(Protocol):
@@ -159,17 +159,9 @@ class Runner:
     def _acquire(self) -> list[Lease]:
         if self.leases is None or self.dry_run:
             return []
-        got: list[Lease] = []
-        try:
-            for sp in sorted(self.plan.services, key=lambda s: s.service):
-                got.append(self.leases.acquire(sp.service, {"run_id": self.run_id,
-                                                            "operation": self.plan.operation,
-                                                            "user": run_meta({})["user"]}))
-        except DrctlError:
-            for lease in got:
-                lease.release()
-            raise
-        return got
+        return self.leases.acquire_all([sp.service for sp in self.plan.services],
+                                       {"run_id": self.run_id, "operation": self.plan.operation,
+                                        "user": run_meta({})["user"]})
 
     def _run_action(self, action: Action) -> Outcome:
         self._journal({"event": "action_started", "action": action.id, "kind": action.kind,

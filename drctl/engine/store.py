@@ -45,7 +45,8 @@ def new_run_id(operation: str) -> str:
     return f"{stamp}-{re.sub('[^a-z]', '', operation.lower()) or 'run'}-{secrets.token_hex(3)}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a new directory entry durable (after creating or renaming a file in ``path``)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -77,7 +78,7 @@ class RunStore:
                 f = open(self.path(run_id), "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
                 self._files[run_id] = f
                 if new:
-                    _fsync_dir(self.dir)
+                    fsync_dir(self.dir)
                     self._seq[run_id] = 0
                 else:
                     self._seq[run_id] = len(self.read(run_id))
@@ -160,6 +161,18 @@ class LeaseStore:
         os.write(fd, json.dumps(info).encode())
         os.fsync(fd)
         return Lease(name=name, owner=info, _fd=fd, _path=path)
+
+    def acquire_all(self, names: list[str], owner: dict[str, Any]) -> list[Lease]:
+        """Every lease, in a fixed order (no deadlock between two runs), or none of them."""
+        got: list[Lease] = []
+        try:
+            for name in sorted(names):
+                got.append(self.acquire(name, owner))
+        except BaseException:
+            for lease in got:
+                lease.release()
+            raise
+        return got
 
     def holder(self, name: str) -> dict[str, Any] | None:
         try:

@@ -11,25 +11,8 @@ from pathlib import Path
 import pytest
 
 from drctl.drivers.ssh import SSHPool
-from drctl.lab.servers import Daemon, SshServer, pid_gone
+from drctl.lab.servers import Daemon, SshServer
 from drctl.model.inventory import Host
-
-
-@pytest.fixture(scope="module")
-def module_daemons() -> Iterator[Callable[[Daemon], Daemon]]:
-    """Start daemons for a whole test module; all are stopped (and waited for) at its end."""
-    started: list[Daemon] = []
-
-    def start(daemon: Daemon) -> Daemon:
-        started.append(daemon)
-        daemon.start()
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
-    left = [d.name for d in started if d.alive() or (d.pid is not None and not pid_gone(d.pid))]
-    assert not left, f"still running after stop: {left}"
 
 
 @pytest.fixture(scope="module")

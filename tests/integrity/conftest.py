@@ -33,22 +33,6 @@ NASTY_NAMES = [
 
 
 @pytest.fixture(scope="module")
-def module_daemons() -> Iterator[Callable[[Daemon], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(daemon: Daemon) -> Daemon:
-        started.append(daemon)
-        daemon.start()
-        return daemon
-
-    yield start
-    for daemon in reversed(started):
-        daemon.stop()
-    left = [d.name for d in started if d.alive() or (d.pid is not None and not pid_gone(d.pid))]
-    assert not left, f"still running after stop: {left}"
-
-
-@pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory, module_daemons: Callable[[Daemon], Daemon]) -> SshServer:
     server = SshServer(tmp_path_factory.mktemp("sshd"))
     module_daemons(server)
