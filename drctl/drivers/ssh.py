@@ -59,6 +59,8 @@ _STDERR_TAIL = 64 * 1024
 _CMD_SHOWN = 200
 
 
+#: channels open at once on one host's connection; sshd's MaxSessions defaults to 10
+DEFAULT_MAX_SESSIONS = 8
 #: after a host failed to answer, further connects within this many seconds fail at once
 DOWN_MEMORY_S = 30.0
 
@@ -133,6 +135,7 @@ class SSHPool:
         ssh_config: Path | None = DEFAULT_SSH_CONFIG,
         use_agent: bool = True,
         user_known_hosts: Path | None = DEFAULT_KNOWN_HOSTS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
     ) -> None:
         """``hosts``: inventory host name -> Host. Relative ``key`` / ``known_hosts`` paths resolve
         against ``base_dir``. ``ssh_config`` (read when it exists) and ``user_known_hosts`` may be
@@ -148,6 +151,8 @@ class SSHPool:
         self._targets: dict[str, _Target] = {}
         self._ssh_config: Any = None
         self._down: dict[str, tuple[float, HostUnreachableError]] = {}
+        self._max_sessions = max_sessions
+        self._sessions: dict[str, threading.BoundedSemaphore] = {}
 
     def __enter__(self) -> SSHPool:
         return self
@@ -256,7 +261,23 @@ class SSHPool:
     @contextlib.contextmanager
     def _started(self, host: str, cmd: str, stdin: bytes | None,
                  deadline: float) -> Iterator[tuple[Any, threading.Event]]:
-        """Open a channel, start ``cmd``, feed stdin; a watchdog closes the channel at the deadline."""
+        """Open a channel, start ``cmd``, feed stdin; a watchdog closes the channel at the deadline.
+        At most ``max_sessions`` channels are open on a host's connection at once (sshd refuses
+        more than its MaxSessions, 10 by default); the others wait their turn."""
+        with self._lock:
+            slots = self._sessions.setdefault(host, threading.BoundedSemaphore(self._max_sessions))
+        if not slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise SSHError(f"{self._describe(host)}: `{_shown(cmd)}` did not get a session within its timeout "
+                           f"({self._max_sessions} commands already running on this host)")
+        try:
+            with self._channel(host, cmd, stdin, deadline) as started:
+                yield started
+        finally:
+            slots.release()
+
+    @contextlib.contextmanager
+    def _channel(self, host: str, cmd: str, stdin: bytes | None,
+                 deadline: float) -> Iterator[tuple[Any, threading.Event]]:
         chan = self._open_channel(host, deadline)
         expired = threading.Event()
 
@@ -316,7 +337,9 @@ class SSHPool:
         import paramiko
 
         target = self._target(host)
-        for attempt in (1, 2):
+        attempt, refused = 0, 0
+        while True:
+            attempt += 1
             client = self._client(host)
             transport = client.get_transport()
             wait = max(0.1, min(target.connect_timeout, deadline - time.monotonic()))
@@ -324,12 +347,26 @@ class SSHPool:
                 if transport is None or not transport.is_active():
                     raise paramiko.SSHException("SSH session not active")
                 return transport.open_session(timeout=wait)
+            except paramiko.ChannelException as exc:
+                # refused by the server, typically sessions it has not yet freed after their close
+                # (MaxSessions): nothing was sent, so wait a little and ask again, within the deadline
+                refused += 1
+                pause = min(0.5, 0.02 * 2 ** refused)
+                if time.monotonic() + pause >= deadline:
+                    raise SSHError(f"{target.label}: the server refused a session channel: {exc}",
+                                   hint="the server may limit sessions per connection (sshd MaxSessions)") from None
+                attempt -= 1
+                time.sleep(pause)
             except (paramiko.SSHException, EOFError, OSError) as exc:
+                if transport is not None and transport.is_active():
+                    # the connection is fine (the server refused or was slow to open this one
+                    # channel): closing it would kill every other command running on it
+                    raise SSHError(f"{target.label}: could not open a session channel: {exc or type(exc).__name__}",
+                                   hint="the server may limit sessions per connection (sshd MaxSessions)") from None
                 self._drop(host, client)
-                if attempt == 2:
+                if attempt >= 2:
                     raise SSHError(f"{target.label}: could not open a session channel: {exc}") from None
                 log.info("%s: pooled connection is gone (%s); reconnecting", target.label, exc)
-        raise AssertionError("unreachable")
 
     # --- connections --------------------------------------------------------------------------
 

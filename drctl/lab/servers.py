@@ -375,7 +375,6 @@ class SshServer(Daemon):
             "PrintMotd no",
             "X11Forwarding no",
             "MaxStartups 100:30:200",
-            "MaxSessions 100",
             "LoginGraceTime 20",
             # bash sources ~/.bashrc for sshd sessions only at shell level 1; root's rc here runs slow
             # init code (about +100 ms per command), which a lab host does not need

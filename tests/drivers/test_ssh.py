@@ -81,8 +81,9 @@ def test_one_connection_reused_by_many_commands(pool: SSHPool, sshd: SshServer) 
     transport = pool.transport_id("app")
     for i in range(10):
         assert pool.run("app", ["echo", str(i)]).stdout == f"{i}\n".encode()
-    with ThreadPoolExecutor(8) as ex:
-        outs = list(ex.map(lambda i: pool.run("app", ["echo", str(i)]).stdout, range(32)))
+    # more at once than sshd's default MaxSessions (10): the pool queues them on one connection
+    with ThreadPoolExecutor(24) as ex:
+        outs = list(ex.map(lambda i: pool.run("app", ["sh", "-c", f"sleep 0.2; echo {i}"]).stdout, range(32)))
     assert outs == [f"{i}\n".encode() for i in range(32)]
     assert pool.transport_id("app") == transport
     assert accepted_logins(sshd) - before == 1
