@@ -347,22 +347,22 @@ class SSHPool:
                 if transport is None or not transport.is_active():
                     raise paramiko.SSHException("SSH session not active")
                 return transport.open_session(timeout=wait)
-            except paramiko.ChannelException as exc:
-                # refused by the server, typically sessions it has not yet freed after their close
-                # (MaxSessions): nothing was sent, so wait a little and ask again, within the deadline
-                refused += 1
-                pause = min(0.5, 0.02 * 2 ** refused)
-                if time.monotonic() + pause >= deadline:
-                    raise SSHError(f"{target.label}: the server refused a session channel: {exc}",
-                                   hint="the server may limit sessions per connection (sshd MaxSessions)") from None
-                attempt -= 1
-                time.sleep(pause)
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 if transport is not None and transport.is_active():
-                    # the connection is fine (the server refused or was slow to open this one
-                    # channel): closing it would kill every other command running on it
-                    raise SSHError(f"{target.label}: could not open a session channel: {exc or type(exc).__name__}",
-                                   hint="the server may limit sessions per connection (sshd MaxSessions)") from None
+                    # the connection is fine; the server refused or was slow to open this channel
+                    # (typically sessions it has not freed yet after their close, MaxSessions; with
+                    # concurrent opens paramiko may report the refusal as "Unable to open channel").
+                    # Nothing was sent: wait a little and ask again, within the deadline. Closing
+                    # the connection would kill every other command running on it.
+                    refused += 1
+                    pause = min(0.5, 0.02 * 2 ** refused)
+                    if time.monotonic() + pause >= deadline:
+                        raise SSHError(f"{target.label}: could not open a session channel: "
+                                       f"{exc or type(exc).__name__}",
+                                       hint="the server may limit sessions per connection (sshd MaxSessions)") from None
+                    attempt -= 1
+                    time.sleep(pause)
+                    continue
                 self._drop(host, client)
                 if attempt >= 2:
                     raise SSHError(f"{target.label}: could not open a session channel: {exc}") from None
