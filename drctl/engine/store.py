@@ -26,9 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drctl.errors import LockHeldError, RunNotFoundError, UsageError
+from drctl.errors import LockHeldError, RunNotFoundError, StepFailedError, UsageError
 
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z]+-[0-9a-f]{6}$")
+
+
+class JournalError(StepFailedError):
+    """The journal could not be written: the run stops rather than change what it cannot record."""
 
 
 def default_state_dir() -> Path:
@@ -69,7 +73,16 @@ class RunStore:
         return self.dir / f"{run_id}.jsonl"
 
     def append(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Write one record and fsync it before returning."""
+        """Write one record and fsync it before returning. A journal that cannot be written stops
+        the run (``JournalError``) before the side effect it was to record."""
+        try:
+            return self._append(run_id, record)
+        except OSError as e:
+            raise JournalError(f"cannot write the journal {self.path(run_id)}: {e.strerror or e}; "
+                               "stopped before the next change", hint="free space or fix permissions, "
+                               f"then `drctl resume {run_id}`") from None
+
+    def _append(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             f = self._files.get(run_id)
             if f is None:

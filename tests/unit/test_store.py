@@ -68,3 +68,13 @@ def test_lease_is_exclusive_and_freed_when_the_holder_dies(tmp_path: Path) -> No
         except LockHeldError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    from drctl.engine.store import JournalError
+
+    (tmp_path / "runs").write_text("not a directory")  # as good as a full or read-only disk here
+    run_id = new_run_id("failover")
+    with pytest.raises(JournalError, match=f"cannot write the journal .*{run_id}") as err:
+        RunStore(tmp_path).append(run_id, {"event": "run_started"})
+    assert err.value.exit_code == 5 and f"drctl resume {run_id}" in (err.value.hint or "")
