@@ -81,7 +81,7 @@ def validate_cmd(
         return ConfigError.exit_code
     if not json_out and inv is not None:
         ENV.err.print(f"{inventory}: ok ({len(inv.sites)} sites, {len(inv.services)} services)"
-                      + (f"; {len(playbooks or [])} playbook(s) ok" if playbooks else ""))
+                      + (f"; {len(playbooks or [])} playbook(s) ok" if playbooks else ""), markup=False)
     return 0
 
 
@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     except DrctlError as e:
         if debug:
             raise
+        if "--json" in (argv if argv is not None else sys.argv[1:]):  # machines get JSON on every outcome
+            ENV.stdout.write(render.to_json({
+                "status": "error", "error": type(e).__name__, "label": e.label, "message": e.message,
+                "hint": e.hint, "exit_code": e.exit_code,
+                "problems": [p.as_dict() for p in e.problems] if isinstance(e, ConfigError) else []}) + "\n")
         if not isinstance(e, ConfigError):
             ENV.err.print(f"drctl: {e.label}: {e.message}", markup=False)
         else:

@@ -102,7 +102,7 @@ class Approver:
         self.env = env
         self._lock = threading.Lock()
 
-    def __call__(self, action: Action, message: str) -> bool:
+    def __call__(self, action: Action, message: str, cancelled: threading.Event) -> bool:
         if self.yes:
             self.env.err.print(escape(f"[{action.service}] pause approved by --yes: {message}"))
             return True
@@ -111,7 +111,22 @@ class Approver:
         with self._lock:
             self.env.err.print(f"[bold]{escape(f'[{action.service}] {message}')}[/] \\[y/N] ", end="")
             self.env.stderr.flush()
-            return self.env.stdin.readline().strip().lower() in ("y", "yes")
+            answer = _readline_unless(self.env.stdin, cancelled)
+            return answer is not None and answer.strip().lower() in ("y", "yes")
+
+
+def _readline_unless(stream: TextIO, cancelled: threading.Event) -> str | None:
+    """A line from ``stream``, or None once ``cancelled`` is set (Ctrl-C while a prompt waits)."""
+    import select
+
+    while not cancelled.is_set():
+        try:
+            ready, _, _ = select.select([stream], [], [], 0.2)
+        except (ValueError, OSError):  # not a selectable stream
+            return stream.readline()
+        if ready:
+            return stream.readline()
+    return None
 
 
 _MARK = {"ok": "[green]ok[/]", "skipped": "[yellow]skipped[/]", "warn": "[yellow]warn[/]",

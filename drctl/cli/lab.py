@@ -30,7 +30,7 @@ def up(directory: DirOpt = None, json_out: JsonOpt = False) -> int:
     from drctl.lab.lab import lab_up
 
     d = _dir(directory)
-    ENV.err.print(f"starting the lab in {d} ...")
+    ENV.err.print(f"starting the lab in {d} ...", markup=False)
     info = lab_up(d)
     if json_out:
         ENV.stdout.write(render.to_json({"dir": str(d), "inventory": str(info.inventory)}) + "\n")
@@ -38,7 +38,7 @@ def up(directory: DirOpt = None, json_out: JsonOpt = False) -> int:
         ENV.stdout.write(f"{info.inventory}\n")
         ENV.err.print(f"lab is up. Try:\n  export DRCTL_INVENTORY={info.inventory}\n"
                       f"  drctl plan failover --site dc1\n  drctl failover --site dc1 --yes\n"
-                      f"  drctl lab down --dir {d}")
+                      f"  drctl lab down --dir {d}", markup=False)
     return 0
 
 
@@ -49,7 +49,7 @@ def down(directory: DirOpt = None) -> int:
 
     d = _dir(directory)
     stopped = lab_down(d)
-    ENV.err.print(f"stopped {len(stopped)} process(es): {', '.join(stopped) or '-'}")
+    ENV.err.print(f"stopped {len(stopped)} process(es): {', '.join(stopped) or '-'}", markup=False)
     return 0
 
 

@@ -61,5 +61,5 @@ def report_cmd(
         from drctl.engine.drill import write_atomic
 
         write_atomic(output, text)
-        ENV.err.print(f"wrote {output}")
+        ENV.err.print(f"wrote {output}", markup=False)
     return 0

@@ -100,7 +100,7 @@ def plan_cmd(
     else:
         ENV.out.print(render.plan_table(plan))
         for n in plan.notes:
-            ENV.err.print(f"note: {n}")
+            ENV.err.print(f"note: {n}", markup=False)
     return 0
 
 
@@ -116,7 +116,7 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
     if not json_out:
         ENV.err.print(render.plan_table(plan))
         for n in plan.notes:
-            ENV.err.print(f"note: {n}")
+            ENV.err.print(f"note: {n}", markup=False)
     if not dry_run:
         names = [sp.service for sp in plan.services]
         expected = site if site else " ".join(names)
@@ -143,7 +143,7 @@ def _report(result: dict[str, Any], json_out: bool) -> int:
         ENV.out.print(render.run_table(result))
         ENV.out.print(render.services_table(result))
         if result.get("message"):
-            ENV.err.print(result["message"])
+            ENV.err.print(result["message"], markup=False)
         if result["status"] in ("failed", "aborted") and result.get("run_id"):
             ENV.err.print(f"the run is journaled: `drctl resume {result['run_id']}` continues it")
         if result["status"] == "refused":
@@ -189,11 +189,16 @@ failback_cmd = _run_command("failback")
 def resume_cmd(
     run_id: Annotated[str, typer.Argument(help="the run to continue (see `drctl history`)")],
     yes: YesOpt = False,
-    force: Annotated[bool, typer.Option("--force", help="resume even if the inventory changed since")] = False,
+    accept_changes: Annotated[bool, typer.Option(
+        "--accept-changes", help="resume even though the inventory changed, or later runs moved these services, "
+                                 "since this run was planned (the gate is still checked)")] = False,
     json_out: JsonOpt = False,
     state: StateDirOpt = None,
 ) -> int:
-    """Finish an interrupted run: skip the steps it completed, repeat the one in flight, go on."""
+    """Finish an interrupted run: skip the steps it completed, repeat the one in flight, go on.
+
+    The gate (freshness, health, pre-flight) is checked again first; it is overridden only if the
+    original run was started with --force."""
     from drctl.core.plan import Plan, inventory_digest
     from drctl.engine.runner import Runner, done_from_journal, run_meta
     from drctl.engine.steps import Context
@@ -211,9 +216,19 @@ def resume_cmd(
         return 0
     plan = Plan.from_dict(start["plan"])
     inv = load_inventory(Path(start["inventory"]))
-    if inventory_digest(inv) != plan.inventory_digest and not force:
-        raise RefusedError(f"the inventory {start['inventory']} changed since run {run_id} was planned",
-                           hint="review it, then resume with --force, or start a new run")
+    if not accept_changes:
+        if inventory_digest(inv) != plan.inventory_digest:
+            raise RefusedError(f"the inventory {start['inventory']} changed since run {run_id} was planned",
+                               hint="review it, then resume with --accept-changes, or start a new run")
+        mine = {sp.service for sp in plan.services}
+        later = [s for s in (summarize_run(r, store.read(r)) for r in store.list_runs() if r != run_id)
+                 if s["started_ts"] > start.get("ts", 0) and mine & set(s["services"])]
+        if later:
+            raise RefusedError(
+                f"later runs moved these services since {run_id}: "
+                + ", ".join(f"{s['run_id']} ({s['operation']} of {', '.join(sorted(mine & set(s['services'])))}, "
+                            f"{s['status']})" for s in later),
+                hint="resuming would replay an older decision; start a new run, or pass --accept-changes")
     done = done_from_journal(records)
     pending = [a for a in plan.actions() if a.id not in done or done[a.id].status not in ("ok", "skipped", "warn")]
     if not json_out:
@@ -222,7 +237,7 @@ def resume_cmd(
                   f"resume {plan.operation} of {', '.join(sp.service for sp in plan.services)}.", yes=yes)
     ctx = Context(inv, state_dir=sd, approve=Approver(yes))
     runner = Runner(plan, ctx, run_id=run_id, store=store, leases=LeaseStore(sd),
-                    reporter=ProgressReporter(quiet=json_out), force=bool(start.get("force")) or force)
+                    reporter=ProgressReporter(quiet=json_out), force=bool(start.get("force")))
     try:
         result = runner.run({"event": "run_resumed", **run_meta({"argv": sys.argv[1:]})}, done)
     finally:
@@ -239,11 +254,15 @@ def history_cmd(
     """List runs recorded in the state directory, newest first."""
     from rich.table import Table
 
-    from drctl.engine.store import RunStore
+    from drctl.engine.store import LeaseStore, RunStore
 
-    store = RunStore(state_dir(state))
+    sd = state_dir(state)
+    store, leases = RunStore(sd), LeaseStore(sd)
     rows = sorted((summarize_run(run_id, store.read(run_id)) for run_id in store.list_runs()),
                   key=lambda r: r["started_ts"], reverse=True)[:limit]
+    for r in rows:  # an unfinished run whose process still holds a lease is running, not interrupted
+        if r["status"] == "interrupted" and any(leases.held_by(s) == r["run_id"] for s in r["services"]):
+            r["status"] = "running"
     if json_out:
         ENV.stdout.write(render.to_json(rows) + "\n")
         return 0

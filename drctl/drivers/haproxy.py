@@ -58,6 +58,12 @@ class ServerState:
         return self.op_state == OP_RUNNING
 
     @property
+    def proven_up(self) -> bool:
+        """UP with a passed health check behind it. A server just taken out of maintenance shows
+        "UP 1/3" (check status INI) until its first check: not yet proof that it can serve."""
+        return self.up and self.status in ("", "UP", "no check")
+
+    @property
     def maint(self) -> bool:
         return bool(self.admin_state & ADMIN_MAINT_MASK)
 

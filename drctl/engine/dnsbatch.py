@@ -3,8 +3,9 @@
 The first service to submit changes for a zone becomes the batch's leader: it waits until every
 service still expected to flip that zone has joined, or a short window has passed, then sends all
 the changes in one signed UPDATE (its prerequisites still guard every record). Should that UPDATE
-be refused because one record was changed by someone else, each service's changes are sent on
-their own, so only the service whose record conflicts fails.
+be refused for one record (changed by someone else, or invalid), each service's changes are sent
+on their own, so only the service whose record is at fault fails; an unreachable server or a
+rejected key fails them all at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from drctl.errors import DNSConflictError
+from drctl.errors import DNSUnreachableError, TSIGError
 
 Send = Callable[[str, list[Any]], list[str]]  # (zone, changes) -> names actually updated
 
@@ -76,13 +77,13 @@ class ZoneBatcher:
             every = [c for t in tickets for c in t.changes]
             try:
                 updated = set(self._send(zone, every))
-            except DNSConflictError:
-                for t in tickets:  # isolate the service whose record conflicts
-                    self._one(zone, t, 1)
-                return
-            except BaseException as e:
+            except (DNSUnreachableError, TSIGError) as e:  # the server or our key: the same for everyone
                 for t in tickets:
                     t.error = e
+                return
+            except Exception:  # noqa: BLE001 - e.g. one record conflicts or is invalid: isolate it
+                for t in tickets:
+                    self._one(zone, t, 1)
                 return
             for t in tickets:
                 t.updated = [c.name for c in t.changes if c.name in updated]

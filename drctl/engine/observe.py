@@ -11,24 +11,30 @@ from typing import Any
 
 from drctl.core.plan import Facts, zone_of
 from drctl.errors import DrctlError
-from drctl.model.inventory import HAProxyTraffic, Inventory
+from drctl.model.inventory import DnsRecord, HAProxyTraffic, Inventory
 
 
 def observe(inv: Inventory, services: list[str], *, timeout: float = 2.0) -> Facts:
-    records = {(r.fqdn(), r.type, r.zone) for s in services for r in inv.services[s].dns}
+    records = {(r.fqdn(), r.type): r for s in services for r in inv.services[s].dns}
     backends = {(t.balancer, t.backend) for s in services
                 if isinstance(t := inv.services[s].traffic, HAProxyTraffic)}
     dns: dict[tuple[str, str], tuple[str, ...]] = {}
     lb: dict[tuple[str, str, str], str] = {}
 
-    def ask_dns(rec: tuple[str, str, str]) -> None:
-        from drctl.drivers.dns_rfc2136 import query
+    def ask_dns(rec: DnsRecord) -> None:
+        from drctl.drivers.dns_rfc2136 import normalize_values, query
 
-        name, rdtype, zone = rec
-        srv = inv.dns_servers[zone_of(inv, zone).primary]
+        srv = inv.dns_servers[zone_of(inv, rec.zone).primary]
         try:
-            dns[(name, rdtype)] = tuple(sorted(query((srv.address, srv.port), name, rdtype,
-                                                     timeout=min(timeout, srv.timeout))))
+            got = sorted(query((srv.address, srv.port), rec.fqdn(), rec.type, timeout=min(timeout, srv.timeout)))
+            # a site's values as the inventory writes them when the server serves exactly those
+            # (2001:db8::1 vs 2001:0db8::1, a CNAME target without its dot), so the plan compares
+            # like with like
+            for site in rec.values:
+                if normalize_values(rec.type, rec.values_for(site)) == got:
+                    got = rec.values_for(site)
+                    break
+            dns[(rec.fqdn(), rec.type)] = tuple(got)
         except DrctlError:
             pass
 
@@ -43,7 +49,7 @@ def observe(inv: Inventory, services: list[str], *, timeout: float = 2.0) -> Fac
         except DrctlError:
             pass
 
-    jobs: list[Any] = [(ask_dns, r) for r in sorted(records)] + [(ask_lb, b) for b in sorted(backends)]
+    jobs: list[Any] = [(ask_dns, records[k]) for k in sorted(records)] + [(ask_lb, b) for b in sorted(backends)]
     if jobs:
         with ThreadPoolExecutor(max_workers=min(16, len(jobs)), thread_name_prefix="observe") as pool:
             list(pool.map(lambda j: j[0](j[1]), jobs))

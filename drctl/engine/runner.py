@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,10 @@ from drctl.core.plan import Action, Plan
 from drctl.engine.steps import Context, Outcome, execute
 from drctl.engine.store import Lease, LeaseStore, RunStore
 from drctl.errors import AbortedError
+
+#: what the gate checks beyond the playbook's own read-only steps
+PREFLIGHT_CHECKS = frozenset({"tsig", "haproxy"})
+PREFLIGHT_DEADLINE_S = 30.0
 
 
 class Reporter(Protocol):
@@ -105,6 +109,7 @@ class Runner:
         self._records: list[ActionRecord] = []
         self._lock = threading.Lock()
         self._abort: AbortedError | None = None
+        self._preflight: list[str] = []
 
     # --- journal ---------------------------------------------------------------------------------
 
@@ -121,7 +126,11 @@ class Runner:
 
     def run(self, start_event: dict[str, Any], done: dict[str, Outcome] | None = None) -> RunResult:
         """Run the plan. ``start_event`` is journaled once the services' leases are held;
-        ``done`` maps action ids finished in an earlier attempt to their outcome."""
+        ``done`` maps action ids finished in an earlier attempt to their outcome (the gate is
+        always checked again: what was true an hour ago may not be now).
+
+        Ctrl-C (KeyboardInterrupt) stops the run cleanly: the steps in flight finish, nothing new
+        starts, the journal records the end, and the result says ``aborted``."""
         done = dict(done or {})
         started = time.time()
         result = RunResult(run_id=self.run_id, operation=self.plan.operation, status="succeeded",
@@ -130,9 +139,13 @@ class Runner:
         try:
             self._journal(start_event)
             self.ctx.expect_dns_flips([a for a in self.plan.actions() if not _finished(done.get(a.id))])
-            findings = self._gate(done)
+            findings = self._gate()
             result.findings = findings
-            if findings and not self.force:
+            if self._abort is not None:
+                result.status = "aborted"
+                result.message = self._abort.message + "; nothing was changed"
+                result.services = {sp.service: "aborted" for sp in self.plan.services}
+            elif findings and not self.force:
                 result.status = "refused"
                 result.message = "refused, nothing changed: " + "; ".join(findings)
                 result.services = {sp.service: "refused" for sp in self.plan.services}
@@ -187,17 +200,54 @@ class Runner:
             self._records.append(ActionRecord(action, outcome, t0, t1))
         self.reporter.action_finished(action, outcome, t1 - t0)
 
-    def _gate(self, done: dict[str, Outcome]) -> list[str]:
+    def _gate(self) -> list[str]:
+        """The gate actions of every service, and the pre-flight checks that the steps to come
+        will work (each zone's DNS server accepts our TSIG key, the load balancer knows the
+        servers named), all at once. Returns what failed."""
         gate = [a for a in self.plan.actions() if a.gate]
-        todo = [a for a in gate if not _finished(done.get(a.id))]
-        for a in gate:
-            if a.id in done and _finished(done[a.id]):
-                self._note(a, done[a.id], time.time(), time.time())
-        if not todo:
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(gate) + 1), thread_name_prefix="gate") as pool:
+            futures = [pool.submit(self._run_action, a) for a in gate]
+            pre = pool.submit(self._preflight_checks)
+            self._wait_all([*futures, pre])
+        failed = [f"{a.service}: {f.result().detail}" for a, f in zip(gate, futures, strict=True)
+                  if f.result().status == "failed"]
+        return failed + pre.result()
+
+    def _preflight_checks(self) -> list[str]:
+        from drctl.engine.readiness import check_readiness
+
+        services = [sp.service for sp in self.plan.services if any(a.kind in ("flip_dns", "reroute_traffic")
+                                                                      for a in sp.actions)]
+        if not services:
             return []
-        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(todo)), thread_name_prefix="gate") as pool:
-            outcomes = list(pool.map(self._run_action, todo))
-        return [f"{a.service}: {o.detail}" for a, o in zip(todo, outcomes, strict=True) if o.status == "failed"]
+        found = check_readiness(self.ctx, services, operation=self.plan.operation, deadline_s=PREFLIGHT_DEADLINE_S,
+                                checks=PREFLIGHT_CHECKS)
+        failed = [f for f in found if f.level == "fail"]
+        self._journal({"event": "preflight", "findings": [f.to_dict() for f in found]})
+        for f in failed:
+            self.reporter.message(f"[{f.service}] pre-flight {f.check} FAILED: {f.subject}: {f.detail}")
+        return [f"{f.service}: {f.subject}: {f.detail}" for f in failed]
+
+    def _wait_all(self, futures: list[Future[Any]]) -> None:
+        """Wait for every future; Ctrl-C turns into a clean stop instead of leaving threads mid-step."""
+        pending = set(futures)
+        while pending:
+            try:
+                _, pending = wait(pending, timeout=0.2)
+            except KeyboardInterrupt:
+                self.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop starting steps; the ones in flight finish (each is bounded by its timeout)."""
+        with self._lock:
+            first = self._abort is None
+            if first:
+                self._abort = AbortedError(
+                    "interrupted (Ctrl-C): the steps in flight were finished, nothing else was started",
+                    hint=f"`drctl resume {self.run_id}` continues" if self.run_id else None)
+        self.ctx.cancel.set()
+        if first:
+            self.reporter.message("interrupted: finishing the steps in flight, starting nothing new ...")
 
     def _services(self, done: dict[str, Outcome]) -> dict[str, str]:
         status: dict[str, str] = {}
@@ -208,10 +258,12 @@ class Runner:
             sp = self.plan.service(name)
             try:
                 for dep in sp.depends_on:
-                    finished[dep].wait()
+                    finished[dep].wait()  # bounded: every dependency's steps have timeouts
                 with lock:
                     bad = [d for d in sp.depends_on if status.get(d) in ("failed", "blocked", "aborted")]
-                if bad:
+                if self._abort is not None:
+                    st = "aborted"
+                elif bad:
                     st = "blocked"
                     self.reporter.message(f"{name}: blocked, its dependency {', '.join(bad)} did not complete")
                     for a in sp.actions:
@@ -232,6 +284,7 @@ class Runner:
         with ThreadPoolExecutor(max_workers=min(self.max_workers, max(1, len(names))),
                                 thread_name_prefix="svc") as pool:
             futures = [pool.submit(run_service, n) for n in names]
+            self._wait_all(futures)
             for f in futures:
                 f.result()
         return {n: status[n] for n in names}

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 #: how long a DNS server that does not answer at all may hold wait_dns once the others are in sync
 SILENT_SERVER_GRACE_S = 3.0
+#: how long reroute_traffic waits for the load balancer to see the new site's server UP
+SERVER_UP_WAIT_S = 15.0
 
 Status = Literal["ok", "skipped", "failed", "warn", "planned", "blocked"]
 
@@ -47,7 +49,7 @@ class Outcome:
         return {"status": self.status, "detail": self.detail, "data": self.data}
 
 
-Approver = Callable[[Action, str], bool]
+Approver = Callable[[Action, str, threading.Event], bool]  # (action, message, cancelled) -> approved
 
 
 class Context:
@@ -63,6 +65,7 @@ class Context:
         self._keys: dict[str, TsigKey] = {}
         self._lock = threading.Lock()
         self._dns_batcher: ZoneBatcher | None = None
+        self.cancel = threading.Event()  # set when the operator interrupts the run
 
     def expect_dns_flips(self, actions: list[Action]) -> None:
         """Tell the DNS batcher which flip_dns actions are still to run, so one UPDATE per zone
@@ -78,7 +81,7 @@ class Context:
         from drctl.drivers.dns_rfc2136 import update_zone
 
         addr, port, timeout = self.dns_server(zone_of(self.inventory, zone).primary)
-        return update_zone((addr, port), zone, self.tsig_key(zone), changes, timeout=max(timeout, 5.0))
+        return update_zone((addr, port), zone, self.tsig_key(zone), changes, timeout=timeout)
 
     def flip_zone(self, zone: str, changes: list[Any]) -> tuple[list[str], int]:
         """(names updated, services sharing the UPDATE)."""
@@ -264,8 +267,20 @@ def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
         lb = ctx.inventory.load_balancers[tr.balancer]
         admin = HAProxyAdmin(lb.admin, timeout=lb.timeout)
         to_server, from_server = tr.servers[action.to_site], tr.servers[action.from_site]
-        # enable the new side first so the backend is never left without a server
+        # enable the new side first, and take the old one out only once HAProxy itself sees the new
+        # one UP: otherwise a balancer that cannot reach the new site would serve nothing at all
         admin.set_state(tr.backend, to_server, "ready")
+        deadline = time.monotonic() + SERVER_UP_WAIT_S
+        while True:
+            state = admin.servers(tr.backend).get(to_server)
+            if state is not None and state.proven_up:
+                break
+            if time.monotonic() >= deadline or ctx.cancel.is_set():
+                seen = state.status or "unknown" if state is not None else "missing"
+                return Outcome("failed", f"{tr.balancer} does not see {tr.backend}/{to_server} UP ({seen}) after "
+                               f"{SERVER_UP_WAIT_S:.0f}s; {from_server} left serving, traffic not moved",
+                               {"to_status": seen})
+            time.sleep(0.2)
         admin.set_state(tr.backend, from_server, tr.mode)
         states = admin.servers(tr.backend)
         got = {s: states[s].state_text for s in (to_server, from_server) if s in states}
@@ -275,25 +290,37 @@ def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
                        {"states": got})
     assert isinstance(tr, CommandTraffic)
     notes = []
+    status: Status = "ok"
     spec: CommandSpec | None = tr.deactivate.get(action.from_site)
     if spec is not None:
         try:
             _run_checked(ctx, spec.host, spec.argv, spec.timeout)
             notes.append(f"deactivated on {spec.host}")
         except HostUnreachableError as e:
-            notes.append(f"{action.from_site} does not answer, deactivation skipped ({e.message})")
+            # the old site may come back still active: the operator must know it was not fenced
+            status = "warn"
+            notes.append(f"NOT deactivated on {action.from_site}: it does not answer ({e.message}); "
+                         "make sure it cannot come back active")
     spec = tr.activate.get(action.to_site)
     if spec is not None:
         _run_checked(ctx, spec.host, spec.argv, spec.timeout)
         notes.append(f"activated on {spec.host}")
-    return Outcome("ok", "; ".join(notes))
+    return Outcome(status, "; ".join(notes))
 
 
 def _run_checked(ctx: Context, host: str, argv: list[str], timeout: float) -> str:
-    res = ctx.pool.run(host, argv, timeout=timeout)
+    """Run an operator's command on a host. The host itself enforces the timeout (coreutils
+    ``timeout``, KILL 5 s after TERM): a signal sent over SSH is not delivered for every login, and
+    a timed-out promotion must not complete later behind the operator's back."""
+    limit = max(1, int(timeout))
+    res = ctx.pool.run(host, ["timeout", "-k", "5", str(limit), *argv], timeout=limit + 15)
+    shown = " ".join(argv)
+    if res.rc in (124, 137):
+        raise StepFailedError(f"on {host}: `{shown}` did not finish within {limit}s and was killed on the host",
+                              hint="raise the step's timeout if the command is legitimately slow")
     if res.rc != 0:
         tail = res.stderr.decode(errors="replace").strip()[-400:]
-        raise StepFailedError(f"on {host}: `{' '.join(argv)}` exited {res.rc}: {tail}")
+        raise StepFailedError(f"on {host}: `{shown}` exited {res.rc}: {tail}")
     return res.stdout.decode(errors="replace")
 
 
@@ -310,7 +337,7 @@ def _command(action: Action, ctx: Context) -> Outcome:
 
 def _pause(action: Action, ctx: Context) -> Outcome:
     message = action.params.get("message", "Continue?")
-    if ctx.approve is None or not ctx.approve(action, message):
+    if ctx.approve is None or not ctx.approve(action, message, ctx.cancel):
         raise AbortedError(f"the operator did not approve: {message}",
                            hint="the run is journaled; `drctl resume RUN_ID` continues from here")
     return Outcome("ok", "approved")

@@ -58,6 +58,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _cut_torn_tail(path: Path) -> None:
+    """A crash in the middle of a write leaves a last line without its newline: cut it off before
+    appending, so the next record starts on a line of its own."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+        keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class RunStore:
     """Append-only JSONL journals under ``<state>/runs/<run_id>.jsonl``."""
 
@@ -88,6 +106,8 @@ class RunStore:
             if f is None:
                 new = not self.path(run_id).exists()
                 self.dir.mkdir(parents=True, exist_ok=True)
+                if not new:
+                    _cut_torn_tail(self.path(run_id))
                 f = open(self.path(run_id), "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
                 self._files[run_id] = f
                 if new:
@@ -115,7 +135,7 @@ class RunStore:
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a torn last line from a crash: everything before it is intact
+                continue  # a line torn by a crash: every other record is intact
         return out
 
     def list_runs(self) -> list[str]:
@@ -157,9 +177,13 @@ class LeaseStore:
         self.dir = state_dir / "locks"
 
     def acquire(self, name: str, owner: dict[str, Any]) -> Lease:
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"cannot create the lock {path}: {e.strerror or e}",
+                             hint="check the state directory (--state-dir, DRCTL_STATE_DIR)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,6 +210,23 @@ class LeaseStore:
                 lease.release()
             raise
         return got
+
+    def held_by(self, name: str) -> str | None:
+        """The run id holding ``name``'s lease right now (a live process), else None."""
+        path = self.dir / f"{name}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        except BlockingIOError:
+            holder = self.holder(name)
+            return str(holder.get("run_id")) if holder else "?"
+        finally:
+            os.close(fd)
 
     def holder(self, name: str) -> dict[str, Any] | None:
         try:

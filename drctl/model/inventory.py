@@ -18,6 +18,22 @@ from drctl.model.integrity import IntegrityTargets, integrity_reference_problems
 from drctl.units import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+def _argv(value: Any) -> Any:
+    """Command arguments as YAML writes them: numbers become text (``[sleep, 5]``); a bare
+    true/false/null is almost certainly a mistake, so it must be quoted."""
+    if isinstance(value, list):
+        out = []
+        for v in value:
+            if isinstance(v, bool) or v is None:
+                raise ValueError(f"argument {v!r} is a YAML boolean/null: quote it, e.g. 'true'")
+            out.append(str(v) if isinstance(v, int | float) else v)
+        return out
+    return value
+
+
+Argv = Annotated[list[str], BeforeValidator(_argv)]
+_HOSTNAME = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                       r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$")
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 
 
@@ -101,7 +117,7 @@ class BackupCheck(_Model):
     host: Name
     path: str | None = None
     glob: str = "*"
-    command: list[str] | None = Field(None, description="argv printing a timestamp (epoch or ISO 8601)")
+    command: Argv | None = Field(None, description="argv printing a timestamp (epoch or ISO 8601)")
     max_age: Duration = Field(description="RPO: the newest backup may not be older than this")
 
     @model_validator(mode="after")
@@ -147,6 +163,31 @@ class DnsRecord(_Model):
     ttl: int = Field(60, ge=0, le=604800)
     values: dict[Name, str | list[str]] = Field(description="site -> value(s) served when it is active")
 
+    @model_validator(mode="after")
+    def _valid_values(self) -> DnsRecord:
+        import ipaddress
+
+        for site, v in self.values.items():
+            values = [v] if isinstance(v, str) else v
+            if not values:
+                raise ValueError(f"values.{site}: give at least one value")
+            if self.type == "CNAME" and len(values) != 1:
+                raise ValueError(f"values.{site}: a CNAME has exactly one target")
+            for value in values:
+                try:
+                    if self.type == "A":
+                        ipaddress.IPv4Address(value)
+                    elif self.type == "AAAA":
+                        ipaddress.IPv6Address(value)
+                except ValueError:
+                    raise ValueError(f"values.{site}: {value!r} is not an {'IPv4' if self.type == 'A' else 'IPv6'} "
+                                     "address") from None
+                if self.type == "CNAME" and not _HOSTNAME.match(value):
+                    raise ValueError(f"values.{site}: {value!r} is not a host name")
+        if not (self.name in ("@", "") or _HOSTNAME.match(self.name)):
+            raise ValueError(f"name {self.name!r} is not a valid DNS name")
+        return self
+
     def values_for(self, site: str) -> list[str]:
         v = self.values[site]
         return sorted([v] if isinstance(v, str) else v)
@@ -183,7 +224,7 @@ class CommandTraffic(_Model):
 
 class CommandSpec(_Model):
     host: Name
-    argv: list[str] = Field(min_length=1)
+    argv: Argv = Field(min_length=1)
     timeout: Duration = 60.0
 
 

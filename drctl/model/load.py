@@ -187,12 +187,18 @@ def load_playbook(path: Path | str, inventory: Inventory | None = None) -> Playb
     pb = _validate(Playbook, data, lines, str(path))
     if inventory is not None:
         problems = []
+        hosts = inventory.all_hosts()
         for i, step in enumerate(pb.steps):
             for j, svc in enumerate(step.services or []):
                 if svc not in inventory.services:
                     p: PathKey = ("steps", i, "services", j)
                     problems.append(ConfigProblem(file=str(path), line=_line_for(p, lines), field=_dotted(p),
                                                   message=f"unknown service {svc!r}"))
+            host = getattr(step, "host", None)
+            if host is not None and host not in hosts:
+                p = ("steps", i, "host")
+                problems.append(ConfigProblem(file=str(path), line=_line_for(p, lines), field=_dotted(p),
+                                              message=f"unknown host {host!r}; known: {', '.join(sorted(hosts))}"))
         if problems:
             raise ConfigError(problems)
     return pb

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drctl.model.inventory import Duration, Name
+from drctl.model.inventory import Argv, Duration, Name
 
 SiteRole = Literal["from", "to"]
 
@@ -66,7 +66,7 @@ class CommandStep(_Step):
     kind: Literal["command"]
     site: SiteRole = "to"
     host: Name | None = Field(None, description="default: the host holding the site's backup")
-    argv: list[str] = Field(min_length=1)
+    argv: Argv = Field(min_length=1)
     timeout: Duration = 60.0
     on_unreachable: Literal["skip", "fail"] | None = Field(
         None, description="default: skip when the site is `from` (it may be gone), fail when `to`")

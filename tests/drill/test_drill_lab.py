@@ -219,14 +219,14 @@ def test_a_drill_whose_backup_fails_through_the_real_path_is_rolled_back(lab: La
     rec = r.json()
     web = rec["services"]["web"]
     assert rec["status"] == "failed" and web["status"] == "failed"
-    assert any("real-path check on the backup failed" in f and "load balancer path FAILED" in f
-               for f in web["findings"]), web["findings"]
+    # the failover's reroute refuses to take dc1 out while HAProxy cannot see dc2 UP
+    assert any("does not see web/dc2 UP" in f for f in web["findings"]), web["findings"]
     assert web["rto_s"] is None and web["returned"] is True and web["final"] == "dc1 (primary)"
     assert "production was returned to the primary for web" in rec["message"]
     # rolled back for real: DNS and traffic are on dc1 again
     assert served(lab, {"www.example.test": DC1["www.example.test"]})
     assert lab.http_get_frontend("web").strip() == "web@dc1"
-    assert [rec["runs"]["failover"]["status"], rec["runs"]["failback"]["status"]] == ["succeeded", "succeeded"]
+    assert [rec["runs"]["failover"]["status"], rec["runs"]["failback"]["status"]] == ["failed", "succeeded"]
     assert len(runs_of(state)) == 2
 
 
@@ -280,3 +280,19 @@ def test_check_flags_an_unreachable_host_a_wrong_tsig_key_and_a_missing_haproxy_
     assert "no server dc3 (for dc2)" in plan.out and "not ready" in plan.out
     md = drctl("plan", "failover", "api", "--format", "md", inventory=inv, state_dir=state)
     assert "- **api**: NOT READY" in md.out and "TTL (30s)" in md.out
+
+
+def test_a_drill_whose_real_path_serves_the_wrong_thing_is_rolled_back(lab: LabInfo, tmp_path: Path) -> None:
+    # every step works, but the load balancer's address for web serves something else (api)
+    def wrong_frontend(data: Any) -> None:
+        data["services"]["web"]["traffic"]["frontend"] = f"http://127.0.0.1:{lab.frontends['api']}/health"
+
+    inv = inventory_copy(lab, "wrong-frontend", wrong_frontend)
+    r = drctl("drill", "web", "--yes", "--json", inventory=inv, state_dir=tmp_path / "state")
+    assert r.rc == 5, r.err
+    web = r.json()["services"]["web"]
+    assert any("real-path check on the backup failed" in f and "load balancer path FAILED" in f
+               for f in web["findings"]), web["findings"]
+    assert web["rto_s"] is None and web["returned"] is True
+    assert served(lab, {"www.example.test": DC1["www.example.test"]})
+    assert lab.http_get_frontend("web").strip() == "web@dc1"

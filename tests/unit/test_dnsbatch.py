@@ -75,7 +75,22 @@ def test_a_conflict_fails_only_its_own_service() -> None:
     assert len(send.sent) == 1 + 3  # the shared attempt, then one per service
 
 
-def test_other_errors_reach_every_member_and_a_lone_flip_does_not_wait() -> None:
+def test_an_invalid_value_fails_only_its_own_service() -> None:
+    from drctl.errors import ConfigError
+
+    class Invalid(Recorder):
+        def __call__(self, zone: str, changes: list[Change]) -> list[str]:
+            if any(c.name == "bad.a.test." for c in changes):
+                raise ConfigError("bad.a.test. A: invalid value '198.51.100.300'")
+            return super().__call__(zone, changes)
+
+    batcher = ZoneBatcher(Invalid(), {"a.test": 2}, window=5.0)
+    results = _submit_all(batcher, [("a.test", "bad.a.test."), ("a.test", "ok.a.test.")])
+    assert isinstance(results["bad.a.test."], ConfigError)
+    assert results["ok.a.test."] == (["ok.a.test."], 1)
+
+
+def test_server_and_key_errors_reach_every_member_and_a_lone_flip_does_not_wait() -> None:
     batcher = ZoneBatcher(Recorder(fail=TSIGError("bad key")), {"a.test": 2}, window=5.0)
     results = _submit_all(batcher, [("a.test", "x.a.test."), ("a.test", "y.a.test.")])
     assert all(isinstance(r, TSIGError) for r in results.values())

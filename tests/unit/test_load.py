@@ -153,3 +153,30 @@ def test_validate_command_exit_code_and_no_traceback(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "drctl", "validate", "-i", str(ROOT / "inventory/example.yaml"),
                          str(ROOT / "playbooks/failover.yaml")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize(("record", "expect"), [
+    ("{zone: example.test, name: www, values: {dc1: 192.0.2.1, dc2: 198.51.100.300}}",
+     "'198.51.100.300' is not an IPv4"),
+    ("{zone: example.test, name: www, type: AAAA, values: {dc1: '2001:db8::1', dc2: 192.0.2.1}}", "not an IPv6"),
+    ("{zone: example.test, name: www, type: CNAME, values: {dc1: [a.test., b.test.], dc2: c.test.}}",
+     "exactly one target"),
+    ("{zone: example.test, name: 'w w', values: {dc1: 192.0.2.1, dc2: 198.51.100.1}}", "not a valid DNS name"),
+])
+def test_invalid_record_values_are_found_when_loading(tmp_path: Path, record: str, expect: str) -> None:
+    text = GOOD.replace("- {zone: example.test, name: www, values: {dc1: 192.0.2.1, dc2: 198.51.100.1}}",
+                        f"- {record}")
+    problems = _problems(tmp_path, text)
+    assert any(":29: services.web.dns[0]: " in p and expect in p for p in problems), problems
+
+
+def test_playbook_references_are_checked_against_the_inventory(tmp_path: Path) -> None:
+    inv = load_inventory(_write(tmp_path, GOOD))
+    p = tmp_path / "pb.yaml"
+    p.write_text("version: 1\nname: x\nsteps:\n  - kind: command\n    host: nohost\n    argv: ['true']\n"
+                 "  - kind: flip_dns\n    services: [web, nosvc]\n")
+    with pytest.raises(ConfigError) as ei:
+        load_playbook(p, inv)
+    text = str(ei.value)
+    assert f"{p}:5: steps[0].host: unknown host 'nohost'" in text
+    assert f"{p}:8: steps[1].services[1]: unknown service 'nosvc'" in text

@@ -35,6 +35,13 @@ def test_torn_last_line_is_ignored(tmp_path: Path) -> None:
     with open(store.path(run_id), "a") as f:
         f.write('{"event": "action_sta')  # a crash in the middle of a write
     assert [r["event"] for r in RunStore(tmp_path).read(run_id)] == ["run_started"]
+    # appending after the crash cuts the torn line off: later records are never hidden behind it
+    again = RunStore(tmp_path)
+    again.append(run_id, {"event": "run_resumed"})
+    again.append(run_id, {"event": "run_finished"})
+    again.close()
+    assert [r["event"] for r in RunStore(tmp_path).read(run_id)] == ["run_started", "run_resumed", "run_finished"]
+    assert store.path(run_id).read_text().count("\n") == 3
 
 
 def test_unknown_run(tmp_path: Path) -> None:
