@@ -7,6 +7,7 @@ One place maps exceptions to exit codes (``drctl.errors``); a traceback is shown
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -113,9 +114,14 @@ def _register_optional() -> None:
 _register_optional()
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map errors to exit codes, never a traceback unless --debug."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("DRCTL_DEBUG") == "1"
+    signal.signal(signal.SIGTERM, _terminate)  # `systemctl stop`, `timeout`: stop like Ctrl-C, cleanly
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="drctl")
     except typer.Exit as e:

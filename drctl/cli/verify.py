@@ -82,6 +82,6 @@ def verify_cmd(
                 ENV.stdout.write("\n".join(report.lines(limit)) + "\n")
     if json_out:
         ENV.stdout.write(render.to_json({"ok": not differ and not failures, "services": results}) + "\n")
-    if failures:
-        return failures[0].exit_code
-    return IntegrityError.exit_code if differ else 0
+    if differ:  # a difference (possibly ransomware) wins over a failure to verify another service
+        return IntegrityError.exit_code
+    return failures[0].exit_code if failures else 0

@@ -92,9 +92,13 @@ def all_ready(vs: Mapping[str, Verdict]) -> bool:
 # --- observations -> findings ---------------------------------------------------------------------
 
 
-def host_finding(service: str, host: str, site: str, error: str | None) -> Finding:
+def host_finding(service: str, host: str, site: str, error: str | None, *, target: bool = True) -> Finding:
+    """A host of the site a failover would move to must answer; one of the other site (the one a
+    failover leaves, perhaps because it is gone) not answering is a warning."""
     if error is None:
         return Finding(service, "host", f"{host} ({site})", "ok", "reachable, host key verified")
+    if not target:
+        return Finding(service, "host", f"{host} ({site})", "warn", f"{error} (not needed to fail over)")
     return Finding(service, "host", f"{host} ({site})", "fail", error)
 
 

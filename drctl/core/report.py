@@ -517,6 +517,12 @@ def drill_junit(drill: Mapping[str, Any]) -> str:
                 status = "ok" if met else "missed"
                 detail = f"{label} {_fmt_s(got)}, target {_fmt_s(target)}"
             suites[name].append((f"{what} target", 0.0, status, detail))
+        # the drill's verdict for the service: a service blocked by its dependency, or refused,
+        # did not pass, even when none of its own steps failed
+        passed = r.get("status") == "passed"
+        suites[name].append(("drill result", 0.0, "ok" if passed else "failed",
+                             f"{r.get('status')}: " + "; ".join(r.get("findings") or []) if not passed
+                             else "passed"))
     return _junit(f"drctl drill {drill['drill_id']}", suites, float(drill["started"]), "drctl.drill")
 
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -127,7 +129,7 @@ class Probe:
 def probe_real_path(ctx: Context, name: str, site: str, phase: str) -> Probe:
     """Every authoritative server answers ``site``'s values for the service's records, and the
     balancer's frontend (when the inventory names one) serves what ``site``'s health check expects."""
-    from drctl.drivers.dns_rfc2136 import query
+    from drctl.drivers.dns_rfc2136 import normalize_values, query
     from drctl.drivers.health import check_health
 
     inv = ctx.inventory
@@ -135,7 +137,7 @@ def probe_real_path(ctx: Context, name: str, site: str, phase: str) -> Probe:
     t0 = time.time()
     parts: list[str] = []
     ok = True
-    pending = {(srv, rec.fqdn(), rec.type): rec.values_for(site)
+    pending = {(srv, rec.fqdn(), rec.type): normalize_values(rec.type, rec.values_for(site))
                for rec in svc.dns
                for srv in dict.fromkeys([zone_of(inv, rec.zone).primary, *zone_of(inv, rec.zone).servers])}
     last: dict[tuple[str, str, str], str] = {}
@@ -213,6 +215,10 @@ def _failed_steps(result: RunResult | None, name: str, phase: str) -> list[str]:
             if r.action.service == name and r.outcome.status == "failed"]
 
 
+#: gate checks a drill's return trip goes past (never health_check)
+RETURN_OVERRIDES = frozenset({"check_freshness", "verify_integrity"})
+
+
 class Drill:
     """One drill of ``services``; ``run()`` carries it out and returns the record (also stored)."""
 
@@ -233,6 +239,9 @@ class Drill:
         self.store = DrillStore(state_dir)
         self.runs = RunStore(state_dir)
         self.record: dict[str, Any] = {}
+        self._interrupted: str | None = None  # set by SIGINT / SIGTERM
+        self._returning = False
+        self._active: Runner | None = None
 
     # --- recording -------------------------------------------------------------------------------
 
@@ -257,22 +266,51 @@ class Drill:
             "message": "",
         }
         leases = self._acquire()
+        restore = self._catch_signals()
         try:
             self._save()
             return self._run(started)
         finally:
+            restore()
             for lease in leases:
                 lease.release()
             self.runs.close()
+
+    def _catch_signals(self) -> Callable[[], None]:
+        """Ctrl-C or SIGTERM (``systemctl stop``, a timer's timeout) during a drill: stop going
+        forward, return every service it touched to the primary, record the result. The return
+        trip itself is not interrupted. Returns what restores the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self._returning:
+                self.reporter.message(f"{name}: the drill is returning services to the primary; waiting for it")
+                return
+            if self._interrupted is None:
+                self._interrupted = f"interrupted by {name}"
+                self.reporter.message(f"{name}: stopping the drill; every service it touched goes back to the primary")
+            if self._active is not None:
+                self._active.interrupt()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+        return restore
 
     def _acquire(self) -> list[Lease]:
         return LeaseStore(self.state_dir).acquire_all(
             list(self.services), {"run_id": self.drill_id, "operation": "drill", "user": run_meta({})["user"]})
 
-    def _runner(self, plan: Any, operation: str, force: bool) -> tuple[Runner, dict[str, Any]]:
+    def _runner(self, plan: Any, operation: str, force: bool, override: frozenset[str] = frozenset(),
+                interruptible: bool = True) -> tuple[Runner, dict[str, Any]]:
         run_id = new_run_id(operation)
         runner = Runner(plan, self.ctx, run_id=run_id, store=self.runs, leases=None, reporter=self.reporter,
-                        force=force, max_workers=self.max_workers)
+                        force=force, override=override, interruptible=interruptible, max_workers=self.max_workers)
         start = runner.start_record(run_meta({**self.meta, "drill_id": self.drill_id, "argv": sys.argv[1:]}))
         return runner, start
 
@@ -295,12 +333,11 @@ class Drill:
         runner, start = self._runner(plan, "failover", force=False)
         say(f"drill {self.drill_id}: failover of {', '.join(names)} to the backup ({runner.run_id})")
         t = self.clock()
+        self._active = runner
         try:
             fo = runner.run(start)
-        except KeyboardInterrupt:
-            say("interrupted: returning every service of the drill to its primary")
-            fb = self._failback(names)
-            return self._finish(started, None, {}, fb, {}, names, aborted="interrupted by the operator")
+        finally:
+            self._active = None
         self.record["runs"]["failover"] = fo.to_dict()
         self._phase("failover", t, self.clock(), fo.status, fo.run_id)
         if fo.status == "refused":
@@ -308,10 +345,14 @@ class Drill:
                         if r.action.service == n and r.outcome.status == "failed"] for n in names}
             return self._finish(started, fo, {}, None, {}, [], gate_findings=gate)
 
+        if self._interrupted and fo.status == "aborted" and not _touched(fo):
+            return self._finish(started, fo, {}, None, {}, [], aborted=self._interrupted)
+
         # 2. the real path, on the backup
         moved = [n for n in names if fo.services.get(n) == "succeeded"]
         t = self.clock()
-        on_backup = _probe_all(self.ctx, moved, {n: self.inv.services[n].backup for n in moved}, "failover")
+        on_backup = {} if self._interrupted else _probe_all(
+            self.ctx, moved, {n: self.inv.services[n].backup for n in moved}, "failover")
         self._note_probes(on_backup)
         if moved:
             self._phase("real path (backup)", t, self.clock(),
@@ -329,7 +370,7 @@ class Drill:
         if back:
             self._phase("real path (primary)", t, self.clock(),
                         "ok" if all(p.status != "failed" for p in on_primary.values()) else "failed")
-        return self._finish(started, fo, on_backup, fb, on_primary, to_return)
+        return self._finish(started, fo, on_backup, fb, on_primary, to_return, aborted=self._interrupted)
 
     def _note_probes(self, probes: dict[str, Probe]) -> None:
         for p in probes.values():
@@ -343,8 +384,13 @@ class Drill:
             return None
         from drctl.engine.observe import observe
 
+        self._returning = True
+        self.ctx.cancel.clear()  # an interrupted failover must not cut the return trip short
         plan = build_plan(self.inv, self.failback_pb, names, "failback", observe(self.inv, names))
-        runner, start = self._runner(plan, "failback", force=True)
+        # past the primary's backup age and data checks (they do not stop a return to the state
+        # before the drill), never past its health: an unhealthy primary keeps the backup serving
+        runner, start = self._runner(plan, "failback", force=False, override=RETURN_OVERRIDES,
+                                     interruptible=False)
         self.reporter.message(f"drill {self.drill_id}: failback of {', '.join(names)} to the primary "
                               f"({runner.run_id})")
         t = self.clock()
@@ -382,9 +428,11 @@ class Drill:
                 ends = [r.finished for r in fo.records if r.action.service == n]
                 rto = max(ends) - started if ends else None
             touched = n in returned_names
-            back_ok = (fb is not None and fb.services.get(n) == "succeeded"
-                       and (on_primary.get(n) is None or on_primary[n].status != "failed"))
-            returned = (back_ok and final[n].serving in (svc.primary, "unknown")) if touched else None
+            # back means DNS and the load balancer say so (a failing real-path probe on the primary
+            # is a finding of its own, not a reason to page that production is elsewhere)
+            fb_ok = fb is not None and fb.services.get(n) == "succeeded"
+            returned = (final[n].serving == svc.primary or (final[n].serving == "unknown" and fb_ok)
+                        if touched else None)
             status = "aborted" if aborted else (fo.services.get(n, "refused") if fo is not None else "refused")
             failed = _failed_steps(fo, n, "failover") + _failed_steps(fb, n, "failback")
             if n in on_primary and on_primary[n].status == "failed":
@@ -398,9 +446,12 @@ class Drill:
                 failed_steps=failed, gate_findings=(gate_findings or {}).get(n, []))
         not_back = [n for n, r in results.items() if r["returned"] is False]
         if not_back:
+            why = "; ".join(fb.findings) if fb is not None and fb.findings else ""
             message = ("PRODUCTION IS NOT BACK ON THE PRIMARY for " + ", ".join(
-                f"{n} ({final[n].describe()})" for n in not_back) + ": `drctl failback " + " ".join(not_back)
-                + "` retries the return")
+                f"{n} (now: {final[n].describe()})" for n in not_back)
+                + (f". The return was refused: {why}. The backup keeps serving; once the primary is healthy, "
+                   if why else ". ")
+                + "`drctl failback " + " ".join(not_back) + "` returns it")
         elif aborted:
             message = f"{aborted}; every service the drill touched is back on its primary"
         elif fo is not None and fo.status == "refused":

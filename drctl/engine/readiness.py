@@ -106,8 +106,8 @@ def check_readiness(ctx: Context, services: list[str], *, operation: str = "fail
         target = svc.backup if operation == "failover" else svc.primary
 
         for host, site in sorted(service_hosts(inv, name).items()):
-            jobs.add(("host", host), partial(ctx.pool.reachable, host), partial(_judge_host, name, host, site),
-                     name, "host", f"{host} ({site})")
+            jobs.add(("host", host), partial(ctx.pool.reachable, host),
+                     partial(_judge_host, name, host, site, site == target), name, "host", f"{host} ({site})")
 
         for site in (svc.primary, svc.backup):
             ss = svc.sites.get(site)
@@ -164,8 +164,8 @@ def _server_states(admin: str, timeout: float, backend: str) -> dict[str, str]:
     return {n: st.state_text for n, st in HAProxyAdmin(admin, timeout=timeout).servers(backend).items()}
 
 
-def _judge_host(name: str, host: str, site: str, _answer: Any, err: str | None) -> Finding:
-    return host_finding(name, host, site, err)
+def _judge_host(name: str, host: str, site: str, target: bool, _answer: Any, err: str | None) -> Finding:
+    return host_finding(name, host, site, err, target=target)
 
 
 def _judge_backup(name: str, site: str, where: str, max_age: float, rpo: float | None, target: bool,
@@ -226,19 +226,8 @@ def _baseline_limits(inv: Inventory, name: str) -> list[tuple[str, float]]:
 
 
 def _baseline_age(ctx: Context, service: str, target: str) -> float | None:
-    """Age of the target's newest baseline (None: none recorded), from the ``created`` time in its
-    header (the file's modification time if the header cannot be read)."""
-    import json
+    """Age of the target's newest *intact* baseline (its checksum verified), None if there is none:
+    a damaged baseline is no help on the day the primary is gone."""
+    from drctl.engine.baseline import baseline_age
 
-    from drctl.engine.baseline import baseline_dir, list_baselines
-
-    found = list_baselines(baseline_dir(ctx.state_dir, service, target))
-    if not found:
-        return None
-    try:
-        with open(found[0], "rb") as f:
-            f.readline()  # the magic line
-            created = float(json.loads(f.readline())["created"])
-    except (OSError, ValueError, KeyError, TypeError):
-        created = found[0].stat().st_mtime
-    return time.time() - created
+    return baseline_age(ctx.state_dir, service, target)

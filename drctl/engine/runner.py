@@ -96,7 +96,11 @@ def run_meta(extra: dict[str, Any]) -> dict[str, Any]:
 class Runner:
     def __init__(self, plan: Plan, ctx: Context, *, run_id: str | None, store: RunStore | None,
                  leases: LeaseStore | None, reporter: Reporter | None = None, dry_run: bool = False,
-                 force: bool = False, max_workers: int = 8) -> None:
+                 force: bool = False, override: frozenset[str] = frozenset(), interruptible: bool = True,
+                 max_workers: int = 8) -> None:
+        """``force`` goes past every failed gate check; ``override`` only past those of these step
+        kinds (a drill's return trip ignores the primary's backup age, never its health).
+        ``interruptible=False``: Ctrl-C does not stop this run (a drill returning to the primary)."""
         self.plan = plan
         self.ctx = ctx
         self.run_id = run_id
@@ -105,6 +109,8 @@ class Runner:
         self.reporter = reporter or SilentReporter()
         self.dry_run = dry_run
         self.force = force
+        self.override = override
+        self.interruptible = interruptible
         self.max_workers = max(1, max_workers)
         self._records: list[ActionRecord] = []
         self._lock = threading.Lock()
@@ -210,7 +216,7 @@ class Runner:
             pre = pool.submit(self._preflight_checks)
             self._wait_all([*futures, pre])
         failed = [f"{a.service}: {f.result().detail}" for a, f in zip(gate, futures, strict=True)
-                  if f.result().status == "failed"]
+                  if f.result().status == "failed" and a.kind not in self.override]
         return failed + pre.result()
 
     def _preflight_checks(self) -> list[str]:
@@ -235,16 +241,20 @@ class Runner:
             try:
                 _, pending = wait(pending, timeout=0.2)
             except KeyboardInterrupt:
-                self.interrupt()
+                if self.interruptible:
+                    self.interrupt()
+                else:
+                    self.reporter.message("this run cannot be interrupted (it returns services to their "
+                                          "primary); waiting for it to finish ...")
 
     def interrupt(self) -> None:
         """Stop starting steps; the ones in flight finish (each is bounded by its timeout)."""
-        with self._lock:
-            first = self._abort is None
-            if first:
-                self._abort = AbortedError(
-                    "interrupted (Ctrl-C): the steps in flight were finished, nothing else was started",
-                    hint=f"`drctl resume {self.run_id}` continues" if self.run_id else None)
+        # no lock here: this may run in a signal handler while the main thread holds it
+        first = self._abort is None
+        if first:
+            self._abort = AbortedError(
+                "interrupted: the steps in flight were finished, nothing else was started",
+                hint=f"`drctl resume {self.run_id}` continues" if self.run_id else None)
         self.ctx.cancel.set()
         if first:
             self.reporter.message("interrupted: finishing the steps in flight, starting nothing new ...")

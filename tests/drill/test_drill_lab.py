@@ -115,7 +115,7 @@ def test_drill_passes_and_returns_everything_to_the_primary(lab: LabInfo, tmp_pa
     assert root.get("failures") == "0" and int(root.get("tests", "0")) == len(root.findall(".//testcase"))
     web_cases = [c.get("name") for c in suites["web"].findall("testcase")]
     assert "failover 03-flip_dns" in web_cases and "failover real_path" in web_cases
-    assert "failback 03-flip_dns" in web_cases and web_cases[-2:] == ["RTO target", "RPO target"]
+    assert "failback 03-flip_dns" in web_cases and web_cases[-3:] == ["RTO target", "RPO target", "drill result"]
 
     # Prometheus textfile
     fams = assert_exposition_format(out["prom"].read_text())
@@ -296,3 +296,64 @@ def test_a_drill_whose_real_path_serves_the_wrong_thing_is_rolled_back(lab: LabI
     assert web["rto_s"] is None and web["returned"] is True
     assert served(lab, {"www.example.test": DC1["www.example.test"]})
     assert lab.http_get_frontend("web").strip() == "web@dc1"
+
+
+def _slow_drill_playbook(tmp_path: Path) -> Path:
+    """The drill's failover with a pause after traffic has moved: time to break something."""
+    pb = yaml.safe_load((Path(__file__).resolve().parents[2] / "playbooks" / "drill.yaml").read_text())
+    at = next(i for i, s in enumerate(pb["steps"]) if s["kind"] == "reroute_traffic") + 1
+    pb["steps"].insert(at, {"kind": "command", "site": "to", "argv": ["sleep", "3"], "timeout": "30s"})
+    path = tmp_path / "slow-drill.yaml"
+    path.write_text(yaml.safe_dump(pb))
+    return path
+
+
+def _spawn_drill(lab: LabInfo, state: Path, *args: str) -> subprocess.Popen[str]:
+    from tests.e2e.helpers import spawn
+
+    return spawn("drill", "web", "--yes", "--json", *args, state_dir=state, inventory=lab.inventory)
+
+
+def _wait_for_the_sleep(state: Path) -> None:
+    from tests.e2e.helpers import wait_for
+
+    def sleeping() -> bool:
+        runs = runs_of(state)
+        return bool(runs) and any(r.get("event") == "action_started" and r.get("kind") == "command"
+                                  for r in journal(state, runs[0]))
+
+    wait_for(sleeping, 60, "the drill's failover to reach its sleep")
+
+
+def test_sigterm_during_a_drill_returns_to_the_primary_and_records_it(lab: LabInfo, tmp_path: Path) -> None:
+    import signal
+
+    state = tmp_path / "state"
+    proc = _spawn_drill(lab, state, "--playbook", str(_slow_drill_playbook(tmp_path)))
+    _wait_for_the_sleep(state)
+    assert lab.dig("www.example.test") == ["198.51.100.10"]  # production is on the backup now
+    proc.send_signal(signal.SIGTERM)  # `systemctl stop`, or the timer's TimeoutStartSec
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    rec = json.loads(out)
+    assert rec["status"] == "aborted" and "SIGTERM" in rec["message"]
+    assert rec["services"]["web"]["returned"] is True
+    assert served(lab, {"www.example.test": DC1["www.example.test"]})
+    assert lab.http_get_frontend("web").strip() == "web@dc1"
+    stored = json.loads(next((state / "drills").glob("*.json")).read_text())
+    assert stored["status"] == "aborted"
+
+
+def test_a_drill_never_returns_onto_a_dead_primary(lab: LabInfo, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = _spawn_drill(lab, state, "--playbook", str(_slow_drill_playbook(tmp_path)))
+    _wait_for_the_sleep(state)
+    lab.daemons["origin-web-dc1"].stop()  # the primary dies while the drill runs on the backup
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err
+    rec = json.loads(out)
+    assert rec["services"]["web"]["returned"] is False
+    assert "PRODUCTION IS NOT BACK ON THE PRIMARY" in rec["message"] and "health check" in rec["message"]
+    # the backup keeps serving: no outage caused by the drill
+    assert lab.dig("www.example.test") == ["198.51.100.10"]
+    assert lab.http_get_frontend("web").strip() == "web@dc2"

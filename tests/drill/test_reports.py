@@ -107,15 +107,17 @@ def test_drill_junit_parses_with_one_case_per_service_step_and_target() -> None:
     suites = {s.get("name"): s for s in root.findall("testsuite")}
     assert set(suites) == {"web", "db"}
     web_cases = [c.get("name") for c in suites["web"].findall("testcase")]
-    # 4 failover steps, 1 real-path check, 1 failback step, RTO and RPO targets
-    assert len(web_cases) == 8 and web_cases[-2:] == ["RTO target", "RPO target"]
+    # 4 failover steps, 1 real-path check, 1 failback step, RTO and RPO targets, the verdict
+    assert len(web_cases) == 9 and web_cases[-3:] == ["RTO target", "RPO target", "drill result"]
     assert "failover real_path" in web_cases and "failback 03-flip_dns" in web_cases
     db = suites["db"]
-    assert db.get("tests") == "5" and db.get("failures") == "2" and db.get("skipped") == "2"
+    # db did not pass: its verdict is a failure of its own, beside the step that failed
+    assert db.get("tests") == "6" and db.get("failures") == "3" and db.get("skipped") == "2"
+    assert db.find("testcase[@name='drill result']/failure") is not None
     failure = db.find("testcase[@name='failover 03-flip_dns']/failure")
     assert failure is not None and '<script>alert("x")</script>' in (failure.text or "")
-    assert root.get("tests") == str(len(root.findall(".//testcase"))) == "13"
-    assert root.get("failures") == "2"
+    assert root.get("tests") == str(len(root.findall(".//testcase"))) == "15"
+    assert root.get("failures") == "3"
 
 
 def test_run_junit_counts_cases() -> None:

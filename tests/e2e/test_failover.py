@@ -406,3 +406,40 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(lab: LabInfo, tmp_path: Path) 
     resumed = drctl("resume", run_id, "--yes", state_dir=state)
     assert resumed.rc == 0, resumed.err
     assert served(lab, DC2)
+
+
+def test_aaaa_cname_and_txt_records_compare_in_canonical_form(lab: LabInfo, tmp_path: Path) -> None:
+    """Values written the way people write them (uncompressed IPv6, a CNAME target without its
+    dot, bare TXT) still count as "already so" once the server serves them."""
+    import subprocess
+
+    inv = yaml.safe_load(lab.inventory.read_text())
+    web = inv["services"]["web"]
+    inv["services"]["multi"] = {
+        "primary": "dc1", "backup": "dc2",
+        "sites": {s: {"backup": web["sites"][s]["backup"]} for s in ("dc1", "dc2")},
+        "dns": [{"zone": "example.test", "name": "v6", "type": "AAAA",
+                 "values": {"dc1": "2001:DB8:0:0::10", "dc2": "2001:db8:1::10"}},
+                {"zone": "example.test", "name": "alias", "type": "CNAME",
+                 "values": {"dc1": "web-dc1.example.test", "dc2": "web-dc2.example.test"}},
+                {"zone": "example.test", "name": "info", "type": "TXT",
+                 "values": {"dc1": "site=dc1 primary", "dc2": "site=dc2 backup"}}]}
+    inventory = lab.dir / "multi.yaml"
+    inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+    subprocess.run(["nsupdate", "-k", str(lab.tsig_key)], text=True, check=True, timeout=10, input=(
+        f"server 127.0.0.1 {lab.ports['named-ns1']}\nzone example.test\n"
+        "update add v6.example.test. 30 AAAA 2001:db8::10\n"
+        "update add alias.example.test. 30 CNAME web-dc1.example.test.\n"
+        'update add info.example.test. 30 TXT "site=dc1 primary"\nsend\n'))
+    state = tmp_path / "state"
+    r = drctl("failover", "multi", "--yes", inventory=inventory, state_dir=state)
+    assert r.rc == 0, r.err
+    assert lab.dig("v6.example.test", "AAAA") == ["2001:db8:1::10"]
+    assert lab.dig("alias.example.test", "CNAME") == ["web-dc2.example.test."]
+    plan = drctl("plan", "failover", "multi", "--json", inventory=inventory, state_dir=state).json()
+    flip = next(a for a in plan["services"][0]["actions"] if a["kind"] == "flip_dns")
+    assert flip["noop"] is True, flip["changes"]
+    status = drctl("status", "multi", "--json", inventory=inventory, state_dir=state)
+    assert status.rc == 0, status.err
+    [row] = status.json()["services"]
+    assert row["where"] == "dc2 (backup)", row
