@@ -317,7 +317,7 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
         if not svc.integrity:
             return None
         return Action(**base, title=label or f"data of {svc.primary} and {svc.backup} match (policy {step.policy})",
-                      params={"policy": step.policy}, expected_s=5.0)
+                      params={"policy": step.policy, "timeout": step.timeout}, expected_s=5.0)
     raise AssertionError(f"unhandled step kind {kind}")
 
 

@@ -348,9 +348,28 @@ def _verify_integrity(action: Action, ctx: Context) -> Outcome:
 
     svc = ctx.inventory.services[action.service]
     warn_only = action.params.get("policy") == "warn"
+    limit = float(action.params.get("timeout", 600.0))
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["report"] = verify_service(ctx.inventory, action.service, ctx.pool, ctx.state_dir,
+                                           full=ctx.full_verify, primary_site=svc.primary, backup_site=svc.backup)
+        except BaseException as e:  # noqa: BLE001 - handed to the step below
+            box["error"] = e
+
+    # the drivers bound each side by the target's own timeout; the step bounds the whole, so a host
+    # that accepts the connection and then stalls cannot hold a failover for an hour
+    worker = threading.Thread(target=work, daemon=True, name=f"verify-{action.service}")
+    worker.start()
+    worker.join(limit)
     try:
-        report = verify_service(ctx.inventory, action.service, ctx.pool, ctx.state_dir, full=ctx.full_verify,
-                                primary_site=svc.primary, backup_site=svc.backup)
+        if worker.is_alive():
+            raise StepFailedError(f"integrity verification did not finish within {format_duration(limit)}",
+                                  hint="a host may be stalled; raise the step's timeout for very large data")
+        if "error" in box:
+            raise box["error"]
+        report = box["report"]
     except DrctlError as e:
         if warn_only:  # e.g. the primary is gone and no baseline was recorded
             return Outcome("warn", f"could not verify: {e.message}", {"error": type(e).__name__})

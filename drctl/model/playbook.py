@@ -84,6 +84,8 @@ class VerifyIntegrity(_Step):
 
     kind: Literal["verify_integrity"]
     policy: Literal["block", "warn"] = "block"
+    timeout: Duration = Field(600.0, description="the step gives up after this (a half-dead host must not "
+                                                 "hold a failover): a failure with `block`, a warning with `warn`")
 
 
 Step = Annotated[

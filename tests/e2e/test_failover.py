@@ -443,3 +443,25 @@ def test_aaaa_cname_and_txt_records_compare_in_canonical_form(lab: LabInfo, tmp_
     assert status.rc == 0, status.err
     [row] = status.json()["services"]
     assert row["where"] == "dc2 (backup)", row
+
+
+def test_integrity_verification_that_does_not_finish_in_time_is_bounded_by_its_policy(
+        lab: LabInfo, tmp_path: Path) -> None:
+    def playbook(policy: str) -> Path:
+        path = tmp_path / f"verify-{policy}.yaml"
+        path.write_text(yaml.safe_dump({
+            "version": 1, "name": f"verify-{policy}", "direction": "failover",
+            "steps": [{"kind": "verify_integrity", "policy": policy, "timeout": "0s"}, {"kind": "flip_dns"}]}))
+        return path
+
+    state = tmp_path / "state"
+    blocked = drctl("failover", "web", "--yes", "--playbook", str(playbook("block")), inventory=lab.inventory,
+                    state_dir=state)
+    assert blocked.rc == 4 and "did not finish within" in blocked.err, blocked.err
+    assert lab.dig("www.example.test") == ["192.0.2.10"]
+    warned = drctl("failover", "web", "--yes", "--json", "--playbook", str(playbook("warn")),
+                   inventory=lab.inventory, state_dir=state)
+    assert warned.rc == 0, warned.err
+    step = next(a for a in warned.json()["actions"] if a["kind"] == "verify_integrity")
+    assert step["status"] == "warn" and "did not finish within" in step["detail"]
+    assert lab.dig("www.example.test") == ["198.51.100.10"]
