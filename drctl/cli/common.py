@@ -84,7 +84,7 @@ def confirm_typed(expected: str, what: str, *, yes: bool, env: Env = ENV) -> Non
     if yes:
         return
     if not env.interactive:
-        raise UsageError(f"{what} needs confirmation, but stdin is not a terminal",
+        raise UsageError(f"{what} It needs confirmation, but stdin is not a terminal.",
                          hint="pass --yes to run without prompting")
     env.err.print(f"[bold]{what}[/]")
     env.err.print(f"Type [bold]{expected}[/] to confirm: ", end="")

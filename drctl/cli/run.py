@@ -28,7 +28,7 @@ from drctl.cli.common import (
     state_dir,
 )
 from drctl.core import render
-from drctl.errors import RefusedError, UsageError
+from drctl.errors import LockHeldError, RefusedError, UsageError
 
 if TYPE_CHECKING:
     from drctl.core.plan import Plan
@@ -118,7 +118,13 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
         for n in plan.notes:
             ENV.err.print(f"note: {n}", markup=False)
     if not dry_run:
+        from drctl.engine.store import LeaseStore as _Leases
+
         names = [sp.service for sp in plan.services]
+        busy = {n: r for n in names if (r := _Leases(sd).held_by(n))}
+        if busy:  # say so before the operator types anything (the lease itself is taken by the runner)
+            raise LockHeldError("; ".join(f"service {n} is locked by run {r}" for n, r in busy.items()),
+                                hint="wait for it to finish (`drctl history` shows it running)")
         expected = site if site else " ".join(names)
         confirm_typed(expected, f"{operation} of {', '.join(names)} will change DNS and traffic for real.", yes=yes)
     ctx = Context(inv, state_dir=sd, approve=Approver(yes))

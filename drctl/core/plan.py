@@ -218,6 +218,8 @@ def build_plan(inv: Inventory, playbook: Playbook, selected: list[str], operatio
             action = _action_for(inv, svc, name, index, step, frm, to, facts, notes, gate=index < gate_len)
             if action is not None:
                 actions.append(action)
+        if not any(a.mutating for a in actions):
+            notes.append(f"{name}: this playbook changes nothing for it (no DNS records, traffic or commands)")
         deps = tuple(d for d in svc.depends_on if d in sel)
         service_plans.append(ServicePlan(service=name, from_site=frm, to_site=to, depends_on=deps,
                                          actions=tuple(actions)))

@@ -172,7 +172,7 @@ def baseline_finding(service: str, target: str, *, age_s: float | None, limit_s:
         return Finding(service, "baseline", subject, "warn", error, data)
     if age_s is None:
         return Finding(service, "baseline", subject, "warn",
-                       "no baseline recorded (`drctl verify` records one)", data)
+                       "no baseline recorded (`drctl verify --record-baseline` records one)", data)
     if age_s > limit_s:
         return Finding(service, "baseline", subject, "warn",
                        f"{format_duration(age_s)} old, older than its limit {format_duration(limit_s)}", data)

@@ -95,7 +95,8 @@ class _Target:
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.user}@{self.hostname}:{self.port})"
+        host = f"[{self.hostname}]" if ":" in self.hostname else self.hostname
+        return f"{self.name} ({self.user}@{host}:{self.port})"
 
     @property
     def host_key_name(self) -> str:

@@ -41,6 +41,7 @@ from drctl.engine.runner import Reporter, Runner, RunResult, SilentReporter, run
 from drctl.engine.steps import Context
 from drctl.engine.store import Lease, LeaseStore, RunStore, new_run_id
 from drctl.errors import DrctlError, RunNotFoundError
+from drctl.model.inventory import HAProxyTraffic
 from drctl.model.playbook import Playbook
 from drctl.units import format_duration
 
@@ -323,6 +324,13 @@ class Drill:
         before = {n: locate(self.inv, n, facts) for n in names}
         away = {n: loc for n, loc in before.items()
                 if any(x is not None and x != loc.primary for x in (loc.dns, loc.traffic))}
+        unknown = {n: loc for n, loc in before.items() if n not in away and (
+            (self.inv.services[n].dns and loc.dns is None)
+            or (isinstance(self.inv.services[n].traffic, HAProxyTraffic) and loc.traffic is None))}
+        if unknown:  # a drill starts only from a known state: DNS and the balancer must answer
+            why = {n: f"where it is served from is unknown at the start ({loc.dns_detail}; {loc.traffic_detail}); "
+                      "a drill starts only when DNS and the load balancer answer" for n, loc in unknown.items()}
+            return self._finish_refused(started, why, before)
         if away:
             why = {n: f"not served from its primary at the start ({loc.describe()}); a drill starts from the "
                       f"primary: fail it back first" for n, loc in away.items()}

@@ -357,3 +357,16 @@ def test_a_drill_never_returns_onto_a_dead_primary(lab: LabInfo, tmp_path: Path)
     # the backup keeps serving: no outage caused by the drill
     assert lab.dig("www.example.test") == ["198.51.100.10"]
     assert lab.http_get_frontend("web").strip() == "web@dc2"
+
+
+def test_a_drill_starts_only_from_a_known_state(lab: LabInfo, tmp_path: Path) -> None:
+    lab.daemons["named-ns1"].pause()  # the primary DNS server does not answer: where is web served?
+    try:
+        r = drctl("drill", "web", "--yes", "--json", inventory=lab.inventory, state_dir=tmp_path / "state")
+    finally:
+        lab.daemons["named-ns1"].resume()
+    assert r.rc == 4, r.err
+    rec = r.json()
+    assert rec["status"] == "refused" and "unknown at the start" in rec["message"]
+    assert rec["runs"]["failover"] is None  # nothing was attempted
+    assert lab.dig("www.example.test") == ["192.0.2.10"]
