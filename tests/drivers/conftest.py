@@ -4,6 +4,7 @@ Tests that change server state either undo it or use names of their own."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,3 +69,15 @@ def wait_stopped(daemon: Daemon, deadline_s: float = 5) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"{daemon.name} did not stop")
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose kernel completes TCP handshakes (backlog), but where nobody ever says anything."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        srv.close()

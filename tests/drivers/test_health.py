@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,18 +19,6 @@ def origin(tmp_path_factory: pytest.TempPathFactory, module_daemons: Callable[[D
     module_daemons(server)
     assert isinstance(server, HttpOrigin)
     return server
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """Accepts TCP connections (kernel backlog) but never answers."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    try:
-        yield srv.getsockname()[1]
-    finally:
-        srv.close()
 
 
 def hc(**fields: object) -> HealthCheck:

@@ -149,21 +149,9 @@ def test_wrong_client_key_is_an_auth_error(
         pool.reachable("app")
 
 
-@pytest.fixture
-def silent_listener() -> Iterator[int]:
-    """A port whose kernel completes TCP handshakes, but where nobody ever says anything."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    try:
-        yield srv.getsockname()[1]
-    finally:
-        srv.close()
-
-
 def test_black_holed_host_fails_within_its_connect_timeout(
-        silent_listener: int, sshd: SshServer, make_pool: Callable[..., SSHPool]) -> None:
-    pool = make_pool({"hole": host_for(sshd, port=silent_listener, connect_timeout=0.5)})
+        silent_port: int, sshd: SshServer, make_pool: Callable[..., SSHPool]) -> None:
+    pool = make_pool({"hole": host_for(sshd, port=silent_port, connect_timeout=0.5)})
     start = time.monotonic()
     with pytest.raises(HostUnreachableError, match="no SSH banner"):
         pool.reachable("hole")
@@ -312,8 +300,8 @@ def test_stalled_key_exchange_fails_within_connect_timeout(
 
 
 def test_a_host_that_did_not_answer_is_not_waited_for_again(
-        silent_listener: int, sshd: SshServer, make_pool: Callable[..., SSHPool]) -> None:
-    pool = make_pool({"hole": host_for(sshd, port=silent_listener, connect_timeout=0.5)})
+        silent_port: int, sshd: SshServer, make_pool: Callable[..., SSHPool]) -> None:
+    pool = make_pool({"hole": host_for(sshd, port=silent_port, connect_timeout=0.5)})
     with pytest.raises(HostUnreachableError, match="no SSH banner"):
         pool.reachable("hole")
     # every later step of the run learns it at once, instead of each paying the timeout again
