@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: start the local lab (real sshd, BIND, HAProxy, HTTP origins on 127.0.0.1), fail its
-# services over to the backup site for real, show what changed, and fail them back.
+# services over to the backup site for real, show what changed, fail them back, then verify data,
+# check readiness and run a drill.
 # KEEP_LAB=1 leaves the lab running afterwards to try more commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,12 @@ echo; echo "== drctl failover --site dc1 --yes =="; $DRCTL failover --site dc1 -
 echo; echo "== the lab, after failover =="; show
 echo; echo "== drctl failback --site dc1 --yes =="; $DRCTL failback --site dc1 --yes
 echo; echo "== the lab, after failback =="; show
+echo; echo "== drctl verify web (both copies of web's files, hashed on their hosts) =="; $DRCTL verify web
+echo; echo "== drctl check --all (ready to fail over? changes nothing) =="; $DRCTL check --all
+echo; echo "== drctl drill --site dc1 --yes (a rehearsal: over, check, back) =="
+$DRCTL drill --site dc1 --yes --html "$LAB_DIR/drill.html"
+echo "  the drill's report: $LAB_DIR/drill.html"
+echo; echo "== drctl status =="; $DRCTL status
 echo; echo "== drctl history =="; $DRCTL history
 if [ "${KEEP_LAB:-0}" = 1 ]; then
   echo; echo "the lab keeps running: export DRCTL_INVENTORY=$INVENTORY DRCTL_STATE_DIR=$DRCTL_STATE_DIR"
