@@ -299,7 +299,7 @@ Bucket = tuple[int, str]  # (rows, checksum) of a key range or hash bucket
 @dataclass
 class TableDiff:
     name: str
-    status: Literal["same", "differs", "missing_on_backup", "extra_on_backup"]
+    status: Literal["same", "differs", "missing_on_backup", "extra_on_backup", "missing_on_both"]
     reference: TableSums | None
     backup: TableSums | None
     ranges: list[tuple[int, int]] = field(default_factory=list)  # int keys: [lo, hi) ranges that differ
@@ -315,6 +315,8 @@ class TableDiff:
         return self.status == "same"
 
     def describe(self) -> str:
+        if self.status == "missing_on_both":
+            return f"table {self.name} is listed in the inventory but exists on neither side (a typo?)"
         if self.status == "missing_on_backup":
             return f"table {self.name} is missing on the backup"
         if self.status == "extra_on_backup":
@@ -354,10 +356,14 @@ class TableDiff:
         }
 
 
-def compare_table_sums(reference: Mapping[str, TableSums], backup: Mapping[str, TableSums]) -> list[TableDiff]:
-    """Table-level verdicts, in name order."""
+def compare_table_sums(reference: Mapping[str, TableSums], backup: Mapping[str, TableSums],
+                       listed: Iterable[str] = ()) -> list[TableDiff]:
+    """Table-level verdicts, in name order; a ``listed`` table found on neither side is one too."""
     out = []
-    for name in sorted(set(reference) | set(backup)):
+    for name in sorted(set(reference) | set(backup) | set(listed)):
+        if name not in reference and name not in backup:
+            out.append(TableDiff(name, "missing_on_both", None, None))
+            continue
         r, b = reference.get(name), backup.get(name)
         if b is None:
             out.append(TableDiff(name, "missing_on_backup", r, None))

@@ -688,6 +688,11 @@ def table_sums(psql: Psql, target: PostgresTarget) -> tuple[dict[str, TableInfo]
     return {t.name: t for t in tables.values()}, time.monotonic() - started
 
 
+def _listed_tables(target: PostgresTarget) -> list[str]:
+    """The tables the inventory names, as the comparison names them (schema.table)."""
+    return [display_table(*split_table_name(t.name, target.schemas[0])) for t in target.tables]
+
+
 def _table_settings(target: PostgresTarget, name: str) -> PgTable | None:
     for t in target.tables:
         schema, table = split_table_name(t.name, target.schemas[0])
@@ -761,7 +766,7 @@ def verify_postgres(target: PostgresTarget, *, service: str, pool: RemoteRunner 
         bak_sums = {n: t.sums for n, t in bak_tables.items() if t.sums is not None}
         if ref_tables is not None:
             ref_sums = {n: t.sums for n, t in ref_tables.items() if t.sums is not None}
-            diffs = compare_table_sums(ref_sums, bak_sums)
+            diffs = compare_table_sums(ref_sums, bak_sums, _listed_tables(target))
             for d in diffs:
                 if d.status == "differs":
                     _narrow(d, ref_tables[d.name], bak_tables[d.name], target, ref, bak, ex)
@@ -793,7 +798,7 @@ def verify_postgres(target: PostgresTarget, *, service: str, pool: RemoteRunner 
         if line.startswith(b"P\t"):
             d = json.loads(line[2:])
             ref_sums[d["table"]] = TableSums.from_dict(d)
-    diffs = compare_table_sums(ref_sums, bak_sums)
+    diffs = compare_table_sums(ref_sums, bak_sums, _listed_tables(target))
     notes = [f"the primary does not answer: {primary_error.message}; compared the backup with the baseline "
              f"recorded {base.ref.created_iso} (table checksums only: differences are not narrowed down)"] + skipped
     return PostgresReport(target.name, "baseline", backup_info, diffs, baseline=base.ref, notes=notes), None

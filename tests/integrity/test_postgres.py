@@ -164,6 +164,17 @@ def test_explicit_key_and_missing_table(tmp_path: Path, sshd: SshServer,
     assert status[f"{schema}.events"].missing_keys == ["e9"]
 
 
+def test_a_listed_table_found_on_neither_side_is_reported(tmp_path: Path, sshd: SshServer,
+                                                          clusters: tuple[PostgresCluster, PostgresCluster],
+                                                          schema: str, secret: Path, make_pool: MakePool) -> None:
+    inv = setup(tmp_path, sshd, clusters, schema, secret, tables=[f"{schema}.users", f"{schema}.ordres"])
+    report = verify_service(inv, "svc", make_pool(inv), tmp_path / "state")
+    assert not report.ok
+    (typo,) = [d for t in report.targets for d in getattr(t, "tables", []) if not d.ok]
+    assert typo.name == f"{schema}.ordres" and typo.status == "missing_on_both"
+    assert "exists on neither side" in typo.describe()
+
+
 def test_primary_down_compares_with_baseline(tmp_path: Path, sshd: SshServer,
                                              clusters: tuple[PostgresCluster, PostgresCluster], schema: str,
                                              secret: Path, make_pool: MakePool) -> None:
