@@ -25,6 +25,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -499,9 +500,26 @@ def latest_drills(state_dir: Path, services: list[str], limit: int = 200) -> dic
             rec = store.read(drill_id)
         except RunNotFoundError:
             continue
+        running = rec.get("status") == "running"
+        if running and (rec.get("host") != socket.gethostname() or _pid_alive(rec.get("pid"))):
+            continue  # under way (or on another machine): the previous drill is the latest result
         for name, r in (rec.get("services") or {}).items():
-            if name in services and name not in out and rec.get("status") != "running":
-                out[name] = {"drill_id": drill_id, "finished": rec.get("finished"), "status": r.get("status"),
-                             "passed": r.get("status") == "passed", "rto_s": r.get("rto_s"),
+            if name in services and name not in out:
+                # a "running" record whose process is gone was killed mid-way (e.g. SIGKILL): say so
+                status = "interrupted" if running else r.get("status")
+                out[name] = {"drill_id": drill_id, "finished": rec.get("finished") or rec.get("started"),
+                             "status": status, "passed": status == "passed", "rto_s": r.get("rto_s"),
                              "rpo_exposure_s": r.get("rpo_exposure_s")}
     return out
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -370,3 +370,18 @@ def test_a_drill_starts_only_from_a_known_state(lab: LabInfo, tmp_path: Path) ->
     assert rec["status"] == "refused" and "unknown at the start" in rec["message"]
     assert rec["runs"]["failover"] is None  # nothing was attempted
     assert lab.dig("www.example.test") == ["192.0.2.10"]
+
+
+def test_status_shows_a_killed_drill_as_interrupted(lab: LabInfo, tmp_path: Path) -> None:
+    import signal
+
+    state = tmp_path / "state"
+    proc = _spawn_drill(lab, state, "--playbook", str(_slow_drill_playbook(tmp_path)))
+    _wait_for_the_sleep(state)
+    proc.send_signal(signal.SIGKILL)  # no handler can run: the record is left "running"
+    proc.communicate(timeout=60)
+    r = drctl("status", "web", "--json", inventory=lab.inventory, state_dir=state)
+    assert r.rc == 0, r.err
+    [row] = r.json()["services"]
+    assert row["last_drill"]["status"] == "interrupted" and row["last_drill"]["passed"] is False
+    assert row["where"] == "dc2 (backup)"  # and status says where production really is
