@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from drctl import __version__
-from drctl.cli import check, drill, report, run, status
+from drctl.cli import check, drill, lab, report, run, status, verify
 from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt
 from drctl.core import render
 from drctl.errors import ConfigError, DrctlError
@@ -97,21 +97,8 @@ app.command("status")(status.status_cmd)
 app.command("report")(report.report_cmd)
 
 
-def _register_optional() -> None:
-    """Commands that live in their own modules."""
-    from drctl.cli import lab
-
-    app.add_typer(lab.app, name="lab")
-    import importlib
-
-    try:
-        verify = importlib.import_module("drctl.cli.verify")
-    except ImportError:  # pragma: no cover - module not present
-        return
-    app.command("verify")(verify.verify_cmd)
-
-
-_register_optional()
+app.command("verify")(verify.verify_cmd)
+app.add_typer(lab.app, name="lab")
 
 
 def _terminate(_signum: int, _frame: object) -> None:

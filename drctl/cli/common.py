@@ -70,9 +70,15 @@ DEFAULT_INVENTORY = Path("inventory/inventory.yaml")
 
 
 def load_inventory(path: Path) -> Inventory:
+    from drctl.errors import ConfigError
     from drctl.model.load import load_inventory as _load
 
-    return _load(path)
+    try:
+        return _load(path)
+    except ConfigError as e:
+        if not path.exists():
+            e.hint = "pass --inventory FILE or set DRCTL_INVENTORY (`drctl lab up` prints a lab's inventory)"
+        raise
 
 
 def state_dir(path: Path | None) -> Path:
