@@ -114,7 +114,7 @@ def test_drill_passes_and_returns_everything_to_the_primary(lab: LabInfo, tmp_pa
     assert set(suites) == {"api", "db", "web"}
     assert root.get("failures") == "0" and int(root.get("tests", "0")) == len(root.findall(".//testcase"))
     web_cases = [c.get("name") for c in suites["web"].findall("testcase")]
-    assert "failover 03-flip_dns" in web_cases and "failover real_path" in web_cases
+    assert "failover 04-flip_dns" in web_cases and "failover real_path" in web_cases
     assert "failback 03-flip_dns" in web_cases and web_cases[-3:] == ["RTO target", "RPO target", "drill result"]
 
     # Prometheus textfile
@@ -204,7 +204,7 @@ def test_a_drill_refused_by_its_gate_changes_nothing(lab: LabInfo, tmp_path: Pat
     assert lab.haproxy_state() == before
     [run_id] = runs_of(state)
     started = [e["kind"] for e in journal(state, run_id) if e.get("event") == "action_started"]
-    assert started and set(started) <= {"check_freshness", "health_check"}
+    assert started and set(started) <= {"check_freshness", "health_check", "verify_integrity"}
     assert "refused, nothing changed" in rec["message"]
 
 
@@ -385,3 +385,15 @@ def test_status_shows_a_killed_drill_as_interrupted(lab: LabInfo, tmp_path: Path
     [row] = r.json()["services"]
     assert row["last_drill"]["status"] == "interrupted" and row["last_drill"]["passed"] is False
     assert row["where"] == "dc2 (backup)"  # and status says where production really is
+
+
+def test_a_drill_refuses_a_backup_whose_data_differs_before_it_serves(lab: LabInfo, tmp_path: Path) -> None:
+    page = lab.host_root("app2") / "data" / "web" / "index.html"
+    page.write_text(page.read_text() + "<!-- changed on the backup only -->\n")
+    r = drctl("drill", "web", "--yes", "--json", inventory=lab.inventory, state_dir=tmp_path / "state")
+    assert r.rc == 4, r.err
+    rec = r.json()
+    assert rec["status"] == "refused"
+    assert any("verify_integrity" in f and "1 differ" in f for f in rec["services"]["web"]["findings"])
+    assert served(lab, {"www.example.test": DC1["www.example.test"]})  # users never saw the backup
+    assert lab.http_get_frontend("web").strip() == "web@dc1"
