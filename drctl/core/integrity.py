@@ -245,8 +245,9 @@ def _count(diff: TreeDiff, e: Entry, *, backup: bool) -> None:
 
 @dataclass(frozen=True)
 class MassChangeVerdict:
-    """Whether the backup changed wholesale in place: many files kept their names and sizes but
-    not their content (what ransomware encrypting in place leaves)."""
+    """Whether the backup changed wholesale, the way ransomware leaves a tree: many files kept
+    their names and sizes but not their content (encrypted in place), or many files were replaced
+    by the same name with an extension added (``report.pdf`` -> ``report.pdf.locked``)."""
 
     flagged: bool
     changed_in_place: int
@@ -254,23 +255,36 @@ class MassChangeVerdict:
     share: float
     threshold: float
     min_files: int
+    renamed: int = 0  # files missing on the backup that reappear there with an added extension
+    renamed_share: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"flagged": self.flagged, "changed_in_place": self.changed_in_place, "compared": self.compared,
-                "share": round(self.share, 4), "threshold": self.threshold, "min_files": self.min_files}
+                "share": round(self.share, 4), "threshold": self.threshold, "min_files": self.min_files,
+                "renamed_with_extension": self.renamed, "renamed_share": round(self.renamed_share, 4)}
 
     def describe(self) -> str:
-        return (f"MASS CHANGE: {self.changed_in_place} of {self.compared} files ({self.share:.0%}) changed content "
-                f"while keeping their names and sizes (threshold {self.threshold:.0%}): the mark of encryption "
-                "in place; do not trust this copy")
+        parts = []
+        if self.changed_in_place >= self.min_files and self.share >= self.threshold:
+            parts.append(f"{self.changed_in_place} of {self.compared} files ({self.share:.0%}) changed content "
+                         "while keeping their names and sizes: the mark of encryption in place")
+        if self.renamed >= self.min_files and self.renamed_share >= self.threshold:
+            parts.append(f"{self.renamed} files ({self.renamed_share:.0%}) replaced by the same name with an "
+                         "extension added: the mark of encrypted copies renamed")
+        return f"MASS CHANGE (threshold {self.threshold:.0%}): " + "; ".join(parts) + "; do not trust this copy"
 
 
 def mass_change(diff: TreeDiff, policy: MassChange) -> MassChangeVerdict:
     compared = diff.compared
     changed = diff.differ_same_size
     share = changed / compared if compared else 0.0
-    flagged = changed >= policy.min_files and share >= policy.share
-    return MassChangeVerdict(flagged, changed, compared, share, policy.share, policy.min_files)
+    missing = set(diff.missing.paths)
+    renamed = sum(1 for p in diff.extra.paths if b"." in p and p.rsplit(b".", 1)[0] in missing)
+    renamed_share = renamed / diff.reference_files if diff.reference_files else 0.0
+    flagged = ((changed >= policy.min_files and share >= policy.share)
+               or (renamed >= policy.min_files and renamed_share >= policy.share))
+    return MassChangeVerdict(flagged, changed, compared, share, policy.share, policy.min_files, renamed,
+                             renamed_share)
 
 
 # --- tables ------------------------------------------------------------------------------------------

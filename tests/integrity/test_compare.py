@@ -101,6 +101,19 @@ def test_mass_change_flags_in_place_encryption_only_above_threshold() -> None:
     assert not mass_change(compare_trees(ref, grown), policy).flagged
 
 
+def test_mass_change_flags_encrypted_copies_renamed_with_an_extension() -> None:
+    names = [f"docs/report{i:03d}.pdf" for i in range(40)]
+    ref = sorted([E(n, "old", 10) for n in names] + [E("z-keep.txt", "k", 1)], key=lambda e: e.path)
+    locked = sorted([E(n + ".locked", "enc", 26) for n in names] + [E("z-keep.txt", "k", 1)],
+                    key=lambda e: e.path)
+    verdict = mass_change(compare_trees(ref, locked), MassChange(share=0.25, min_files=10))
+    assert verdict.flagged and verdict.renamed == 40 and verdict.changed_in_place == 0
+    assert "extension added" in verdict.describe()
+    # a lagging backup (new files missing, nothing renamed) is a difference, not a mass change
+    lagging = [e for e in ref if not e.path.startswith(b"docs/report01")]
+    assert not mass_change(compare_trees(ref, lagging), MassChange(share=0.25, min_files=10)).flagged
+
+
 def test_mass_change_needs_min_files() -> None:
     ref = [E(f"f{i}", "old", 10) for i in range(4)]
     bak = [E(f"f{i}", "new", 10) for i in range(4)]
