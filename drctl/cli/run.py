@@ -117,11 +117,10 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
         ENV.err.print(render.plan_table(plan))
         for n in plan.notes:
             ENV.err.print(f"note: {n}", markup=False)
+    leases = LeaseStore(sd)
     if not dry_run:
-        from drctl.engine.store import LeaseStore as _Leases
-
         names = [sp.service for sp in plan.services]
-        busy = {n: r for n in names if (r := _Leases(sd).held_by(n))}
+        busy = {n: r for n in names if (r := leases.held_by(n))}
         if busy:  # say so before the operator types anything (the lease itself is taken by the runner)
             raise LockHeldError("; ".join(f"service {n} is locked by run {r}" for n, r in busy.items()),
                                 hint="wait for it to finish (`drctl history` shows it running)")
@@ -130,7 +129,7 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
     ctx = Context(inv, state_dir=sd, approve=Approver(yes))
     run_id = None if dry_run else new_run_id(operation)
     store = RunStore(sd)
-    runner = Runner(plan, ctx, run_id=run_id, store=store, leases=LeaseStore(sd),
+    runner = Runner(plan, ctx, run_id=run_id, store=store, leases=leases,
                     reporter=ProgressReporter(quiet=json_out), dry_run=dry_run, force=force, max_workers=parallel)
     meta = run_meta({"inventory": str(inventory.resolve()), "playbook": str(pb_path.resolve()),
                      "argv": sys.argv[1:]})

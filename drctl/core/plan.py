@@ -92,6 +92,11 @@ class Plan:
     def actions(self) -> list[Action]:
         return [a for sp in self.services for a in sp.actions]
 
+    def in_order(self) -> list[tuple[int, ServicePlan, Action]]:
+        """(wave, service plan, action) in the order plans are shown: dependency wave, service, step."""
+        return [(wave, sp, a) for wave, level in enumerate(self.levels, 1) for sp in map(self.service, level)
+                for a in sp.actions]
+
     def service(self, name: str) -> ServicePlan:
         for sp in self.services:
             if sp.service == name:

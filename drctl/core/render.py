@@ -30,18 +30,13 @@ def plan_table(plan: Plan) -> Table:
               title_justify="left")
     for col in ("#", "service", "step", "what", "from -> to"):
         t.add_column(col, overflow="fold")
-    n = 0
-    for level_no, level in enumerate(plan.levels, 1):
-        for name in level:
-            sp = plan.service(name)
-            for a in sp.actions:
-                n += 1
-                changes = "\n".join(f"{c.what}: {c.before} -> {c.after}" for c in a.changes)
-                if a.noop:
-                    changes = (changes + "\n" if changes else "") + "(already so: no change)"
-                step = a.kind + (" (gate)" if a.gate else "")
-                t.add_row(str(n), escape(f"{name} ({sp.from_site}->{sp.to_site}, wave {level_no})"), step,
-                          escape(a.title), escape(changes))
+    for n, (wave, sp, a) in enumerate(plan.in_order(), 1):
+        changes = "\n".join(f"{c.what}: {c.before} -> {c.after}" for c in a.changes)
+        if a.noop:
+            changes = (changes + "\n" if changes else "") + "(already so: no change)"
+        step = a.kind + (" (gate)" if a.gate else "")
+        t.add_row(str(n), escape(f"{sp.service} ({sp.from_site}->{sp.to_site}, wave {wave})"), step,
+                  escape(a.title), escape(changes))
     return t
 
 

@@ -373,20 +373,15 @@ def plan_html(plan: Plan, findings: Sequence[Finding] = (), verdicts: Mapping[st
     body.append("<h2>Expected timeline</h2>" + timeline_html(bars, lanes, 0.0, max(total, 0.001)))
     rows = ["<table><tr><th>#</th><th>service</th><th>step</th><th>what</th><th>changes</th>"
             "<th>expected</th><th>at most</th></tr>"]
-    n = 0
-    for level in plan.levels:
-        for name in level:
-            sp = plan.service(name)
-            for a in sp.actions:
-                n += 1
-                changes = "<br>".join(f"<code>{_e(c.what)}</code> {_e(c.before)} → {_e(c.after)}" for c in a.changes)
-                if a.noop:
-                    changes += " <em>(already so: no change)</em>"
-                worst = _worst_case_s(a)
-                rows.append(f"<tr><td>{n}</td><td>{_e(name)} ({_e(sp.from_site)} → {_e(sp.to_site)})</td>"
-                            f"<td><code>{_e(a.kind)}</code>{' (gate)' if a.gate else ''}</td><td>{_e(a.title)}</td>"
-                            f"<td>{changes}</td><td class=\"num\">{_e(format_duration(a.expected_s))}</td>"
-                            f"<td class=\"num\">{_e(format_duration(worst) if worst is not None else '')}</td></tr>")
+    for n, (_wave, sp, a) in enumerate(plan.in_order(), 1):
+        changes = "<br>".join(f"<code>{_e(c.what)}</code> {_e(c.before)} → {_e(c.after)}" for c in a.changes)
+        if a.noop:
+            changes += " <em>(already so: no change)</em>"
+        worst = _worst_case_s(a)
+        rows.append(f"<tr><td>{n}</td><td>{_e(sp.service)} ({_e(sp.from_site)} → {_e(sp.to_site)})</td>"
+                    f"<td><code>{_e(a.kind)}</code>{' (gate)' if a.gate else ''}</td><td>{_e(a.title)}</td>"
+                    f"<td>{changes}</td><td class=\"num\">{_e(format_duration(a.expected_s))}</td>"
+                    f"<td class=\"num\">{_e(format_duration(worst) if worst is not None else '')}</td></tr>")
     rows.append("</table>")
     body.append("<h2>Steps</h2>" + "\n".join(rows))
     return _page(f"{plan.operation} plan {plan.playbook}", "\n".join(body))

@@ -156,14 +156,9 @@ class Baseline:
             magic, header = f.readline(), f.readline()
             digest.update(magic)
             digest.update(header)
-            prev: bytes | None = None
-            for line in f:
-                if prev is not None:
-                    digest.update(prev)
-                    yield prev
-                prev = line
-            if prev is None or not prev.startswith(SUM_PREFIX) or \
-                    prev[len(SUM_PREFIX):].strip().decode("ascii", "replace") != digest.hexdigest():
+            last: list[bytes] = []
+            yield from _records(f, digest, last)
+            if not last or not _sum_matches(last[0], digest):
                 raise BaselineError(f"baseline {self.path} changed while in use")
 
     def entries(self) -> Iterator[Entry]:
@@ -175,6 +170,24 @@ class Baseline:
                 raise BaselineError(f"baseline {self.path}: {e}") from None
             if entry is not None:
                 yield entry
+
+
+def _records(f: IO[bytes], digest: Any, last: list[bytes]) -> Iterator[bytes]:
+    """The record lines after the header, each fed to ``digest``; the final line (the checksum
+    line, when the file is whole) is not a record: it is left in ``last``."""
+    prev: bytes | None = None
+    for line in f:
+        if prev is not None:
+            digest.update(prev)
+            yield prev
+        prev = line
+    if prev is not None:
+        last.append(prev)
+
+
+def _sum_matches(line: bytes, digest: Any) -> bool:
+    return line.startswith(SUM_PREFIX) and \
+        line[len(SUM_PREFIX):].strip().decode("ascii", "replace") == digest.hexdigest()
 
 
 def open_baseline(path: Path) -> Baseline:
@@ -189,16 +202,14 @@ def open_baseline(path: Path) -> Baseline:
             header = f.readline()
             digest.update(magic)
             digest.update(header)
-            prev: bytes | None = None
-            for line in f:
-                if prev is not None:
-                    digest.update(prev)
-                prev = line
+            last: list[bytes] = []
+            for _ in _records(f, digest, last):
+                pass
     except OSError as e:
         raise BaselineError(f"cannot read baseline {path}: {e.strerror}") from None
-    if prev is None or not prev.startswith(SUM_PREFIX) or not prev.endswith(b"\n"):
+    if not last or not last[0].startswith(SUM_PREFIX) or not last[0].endswith(b"\n"):
         raise BaselineError(f"baseline {path} is truncated (no checksum line)")
-    if prev[len(SUM_PREFIX):].strip().decode("ascii", "replace") != digest.hexdigest():
+    if not _sum_matches(last[0], digest):
         raise BaselineError(f"baseline {path} is damaged: its checksum does not match its content")
     try:
         meta = json.loads(header)
