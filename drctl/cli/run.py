@@ -38,6 +38,11 @@ SiteOpt = Annotated[str | None, typer.Option("--site", "-s", help="every service
 PlaybookOpt = Annotated[Path | None, typer.Option("--playbook", "-p",
                                                   help="playbook YAML (default: the built-in one for the operation)")]
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=64, help="services run at the same time, at most")]
+AcceptMassChangeOpt = Annotated[list[str] | None, typer.Option(
+    "--accept-mass-change", metavar="SERVICE",
+    help="move SERVICE onto its backup although integrity verification flags that copy as mass-changed "
+         "(encrypted in place, renamed, mostly different); recorded in the journal. Repeat per service; "
+         "--force never does this", show_default=False)]
 
 EXIT_BY_STATUS = {"succeeded": 0, "dry-run": 0, "refused": 4, "failed": 5, "aborted": 130}
 
@@ -106,12 +111,13 @@ def plan_cmd(
 
 def _operate(operation: str, services: list[str] | None, site: str | None, playbook: Path | None,
              dry_run: bool, yes: bool, force: bool, json_out: bool, inventory: Path, state: Path | None,
-             parallel: int) -> int:
+             parallel: int, accept_mass_change: list[str] | None = None) -> int:
     from drctl.engine.runner import Runner, run_meta
     from drctl.engine.steps import Context
     from drctl.engine.store import LeaseStore, RunStore, new_run_id
 
     inv, plan, pb_path = make_plan(inventory, operation, services, site, playbook)
+    acked = _acknowledged(plan, accept_mass_change)
     sd = state_dir(state)
     if not json_out:
         ENV.err.print(render.plan_table(plan))
@@ -126,13 +132,13 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
                                 hint="wait for it to finish (`drctl history` shows it running)")
         expected = site if site else " ".join(names)
         confirm_typed(expected, f"{operation} of {', '.join(names)} will change DNS and traffic for real.", yes=yes)
-    ctx = Context(inv, state_dir=sd, approve=Approver(yes))
+    ctx = Context(inv, state_dir=sd, approve=Approver(yes), accept_mass_change=acked)
     run_id = None if dry_run else new_run_id(operation)
     store = RunStore(sd)
     runner = Runner(plan, ctx, run_id=run_id, store=store, leases=leases,
                     reporter=ProgressReporter(quiet=json_out), dry_run=dry_run, force=force, max_workers=parallel)
     meta = run_meta({"inventory": str(inventory.resolve()), "playbook": str(pb_path.resolve()),
-                     "argv": sys.argv[1:]})
+                     "argv": sys.argv[1:], "accept_mass_change": sorted(acked)})
     try:
         result = runner.run(runner.start_record(meta))
     finally:
@@ -141,12 +147,23 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
     return _report(result.to_dict(), json_out)
 
 
+def _acknowledged(plan: Plan, names: list[str] | None) -> frozenset[str]:
+    unknown = sorted(set(names or []) - {sp.service for sp in plan.services})
+    if unknown:
+        raise UsageError(f"--accept-mass-change names services that are not part of this run: {', '.join(unknown)}")
+    return frozenset(names or [])
+
+
 def _report(result: dict[str, Any], json_out: bool) -> int:
     if json_out:
         ENV.stdout.write(render.to_json(result) + "\n")
     else:
         ENV.out.print(render.run_table(result))
         ENV.out.print(render.services_table(result))
+        for left in result.get("left_sites", []):
+            ENV.err.print(render.left_site_line(left), markup=False)
+        for w in result.get("warnings", []):
+            ENV.err.print(f"WARNING: {w}", markup=False)
         if result.get("message"):
             ENV.err.print(result["message"], markup=False)
         if result["status"] in ("failed", "aborted") and result.get("run_id"):
@@ -165,14 +182,16 @@ def _run_command(operation: str) -> Callable[..., int]:
             "--dry-run", "-n", help="run the read-only checks, print what would change, change nothing")] = False,
         yes: YesOpt = False,
         force: Annotated[bool, typer.Option("--force", help="go on even if the gate checks fail "
-                                                             "(stale backup, unhealthy target)")] = False,
+                                                             "(stale backup, unhealthy target); never past a "
+                                                             "changed host key or a mass-changed copy")] = False,
         json_out: JsonOpt = False,
         parallel: ParallelOpt = 32,
+        accept_mass_change: AcceptMassChangeOpt = None,
         inventory: InventoryOpt = DEFAULT_INVENTORY,
         state: StateDirOpt = None,
     ) -> int:
         return _operate(operation, services, site, playbook, dry_run, yes, force, json_out, inventory, state,
-                        parallel)
+                        parallel, accept_mass_change)
 
     command.__doc__ = {
         "failover": "Move services from their primary site to their backup site.\n\n"
@@ -221,6 +240,14 @@ def resume_cmd(
         return 0
     plan = Plan.from_dict(start["plan"])
     inv = load_inventory(Path(start["inventory"]))
+    gone = [sp.service for sp in plan.services if sp.service not in inv.services]
+    if gone:
+        # even with --accept-changes: drctl cannot finish (or read back) a service it no longer knows
+        raise RefusedError(
+            f"run {run_id} moves {', '.join(gone)}, which the inventory {start['inventory']} no longer has; "
+            "nothing was changed",
+            hint=f"put {', '.join(gone)} back in the inventory to finish this run, or start a new run for the "
+                 f"other services (`drctl status` shows where {', '.join(gone)} stand)")
     if not accept_changes:
         if inventory_digest(inv) != plan.inventory_digest:
             raise RefusedError(f"the inventory {start['inventory']} changed since run {run_id} was planned",
@@ -240,7 +267,8 @@ def resume_cmd(
         ENV.err.print(f"resuming {plan.operation} {run_id}: {len(pending)} of {len(plan.actions())} steps left")
     confirm_typed(" ".join(sp.service for sp in plan.services),
                   f"resume {plan.operation} of {', '.join(sp.service for sp in plan.services)}.", yes=yes)
-    ctx = Context(inv, state_dir=sd, approve=Approver(yes))
+    ctx = Context(inv, state_dir=sd, approve=Approver(yes),
+                  accept_mass_change=frozenset(start.get("accept_mass_change") or []))
     runner = Runner(plan, ctx, run_id=run_id, store=store, leases=LeaseStore(sd),
                     reporter=ProgressReporter(quiet=json_out), force=bool(start.get("force")))
     try:

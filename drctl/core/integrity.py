@@ -257,11 +257,14 @@ class MassChangeVerdict:
     min_files: int
     renamed: int = 0  # files missing on the backup that reappear there with an added extension
     renamed_share: float = 0.0
+    differing: int = 0  # reference files that differ on the backup or are missing there
+    differing_share: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"flagged": self.flagged, "changed_in_place": self.changed_in_place, "compared": self.compared,
                 "share": round(self.share, 4), "threshold": self.threshold, "min_files": self.min_files,
-                "renamed_with_extension": self.renamed, "renamed_share": round(self.renamed_share, 4)}
+                "renamed_with_extension": self.renamed, "renamed_share": round(self.renamed_share, 4),
+                "differing": self.differing, "differing_share": round(self.differing_share, 4)}
 
     def describe(self) -> str:
         parts = []
@@ -271,20 +274,33 @@ class MassChangeVerdict:
         if self.renamed >= self.min_files and self.renamed_share >= self.threshold:
             parts.append(f"{self.renamed} files ({self.renamed_share:.0%}) replaced by the same name with an "
                          "extension added: the mark of encrypted copies renamed")
+        if self.differing >= self.min_files and self.differing_share > MOST:
+            parts.append(f"{self.differing} of the primary's files ({self.differing_share:.0%}) differ or are "
+                         "missing on the backup")
         return f"MASS CHANGE (threshold {self.threshold:.0%}): " + "; ".join(parts) + "; do not trust this copy"
 
 
+#: beyond this share of the reference's files differing or missing, a copy is not trusted as it is
+MOST = 0.5
+
+
 def mass_change(diff: TreeDiff, policy: MassChange) -> MassChangeVerdict:
+    """Whether the backup looks poisoned: content rewritten in place, files replaced by renamed
+    copies, or most of the reference's files differing or missing (each above ``policy``'s
+    ``min_files``)."""
     compared = diff.compared
     changed = diff.differ_same_size
     share = changed / compared if compared else 0.0
     missing = set(diff.missing.paths)
     renamed = sum(1 for p in diff.extra.paths if b"." in p and p.rsplit(b".", 1)[0] in missing)
     renamed_share = renamed / diff.reference_files if diff.reference_files else 0.0
+    differing = diff.differ.count + diff.missing.count
+    differing_share = differing / diff.reference_files if diff.reference_files else 0.0
     flagged = ((changed >= policy.min_files and share >= policy.share)
-               or (renamed >= policy.min_files and renamed_share >= policy.share))
+               or (renamed >= policy.min_files and renamed_share >= policy.share)
+               or (differing >= policy.min_files and differing_share > MOST))
     return MassChangeVerdict(flagged, changed, compared, share, policy.share, policy.min_files, renamed,
-                             renamed_share)
+                             renamed_share, differing, differing_share)
 
 
 # --- tables ------------------------------------------------------------------------------------------

@@ -92,14 +92,21 @@ def all_ready(vs: Mapping[str, Verdict]) -> bool:
 # --- observations -> findings ---------------------------------------------------------------------
 
 
-def host_finding(service: str, host: str, site: str, error: str | None, *, target: bool = True) -> Finding:
+def host_finding(service: str, host: str, site: str, error: str | None, *, target: bool = True,
+                 key_problem: bool = False) -> Finding:
     """A host of the site a failover would move to must answer; one of the other site (the one a
-    failover leaves, perhaps because it is gone) not answering is a warning."""
+    failover leaves, perhaps because it is gone) not answering is a warning. A host whose key is
+    unknown or CHANGED fails at either site: drctl never talks to it, a failover would refuse
+    (``--force`` does not pass it), and one that went ahead could only end split."""
+    data = {"host": host, "site": site, "target": target}
     if error is None:
-        return Finding(service, "host", f"{host} ({site})", "ok", "reachable, host key verified")
+        return Finding(service, "host", f"{host} ({site})", "ok", "reachable, host key verified", data)
+    if key_problem:
+        return Finding(service, "host", f"{host} ({site})", "fail", error, {**data, "host_key": True})
     if not target:
-        return Finding(service, "host", f"{host} ({site})", "warn", f"{error} (not needed to fail over)")
-    return Finding(service, "host", f"{host} ({site})", "fail", error)
+        return Finding(service, "host", f"{host} ({site})", "warn", f"{error} (not needed to fail over)",
+                       {**data, "unanswered": True})
+    return Finding(service, "host", f"{host} ({site})", "fail", error, {**data, "unanswered": True})
 
 
 def backup_finding(service: str, site: str, where: str, *, age_s: float | None, max_age_s: float,

@@ -152,6 +152,7 @@ class SSHPool:
         self._targets: dict[str, _Target] = {}
         self._ssh_config: Any = None
         self._down: dict[str, tuple[float, HostUnreachableError]] = {}
+        self._probe_locks: dict[str, threading.Lock] = {}
         self._max_sessions = max_sessions
         self._sessions: dict[str, threading.BoundedSemaphore] = {}
 
@@ -172,6 +173,7 @@ class SSHPool:
         command) on timeout or lost connection, and the connect errors of ``reachable``."""
         cmd = command_text(argv)
         deadline = time.monotonic() + timeout
+        silence = self._target(host).connect_timeout
         with self._started(host, cmd, stdin, deadline) as (chan, expired):
             out, err = bytearray(), bytearray()
             while True:
@@ -186,7 +188,8 @@ class SSHPool:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or expired.is_set():
                     break
-                select.select([chan], [], [], remaining)
+                if not select.select([chan], [], [], min(remaining, silence))[0]:
+                    self._check_alive(host, chan, cmd)
             rc = self._exit_status(host, cmd, chan, expired, deadline, timeout, bytes(err))
             return CommandResult(rc, bytes(out), bytes(err))
 
@@ -201,7 +204,9 @@ class SSHPool:
         cmd = command_text(argv)
         deadline = time.monotonic() + timeout
         with self._started(host, cmd, stdin, deadline) as (chan, expired):
-            raw = _ChannelReader(chan, deadline, expired, self._describe(host), cmd, timeout)
+            raw = _ChannelReader(chan, deadline, expired, self._describe(host), cmd, timeout,
+                                 silence=self._target(host).connect_timeout,
+                                 check_alive=lambda: self._check_alive(host, chan, cmd))
             reader = io.BufferedReader(raw, _CHUNK)
             yield reader
             while raw.readinto(bytearray(_CHUNK)):
@@ -349,6 +354,12 @@ class SSHPool:
                     raise paramiko.SSHException("SSH session not active")
                 return transport.open_session(timeout=wait)
             except (paramiko.SSHException, EOFError, OSError) as exc:
+                if (transport is not None and transport.is_active() and not isinstance(exc, paramiko.ChannelException)
+                        and str(exc).startswith("Timeout opening channel")):
+                    # the TCP connection is up but nothing answers on it (a frozen sshd, a host that
+                    # stopped mid-run): the host is gone for this run, not merely busy
+                    why = f"no answer to a channel open within {wait:g}s"
+                    raise self._stopped_answering(host, client, why) from None
                 if transport is not None and transport.is_active():
                     # the connection is fine; the server refused or was slow to open this channel
                     # (typically sessions it has not freed yet after their close, MaxSessions; with
@@ -368,6 +379,51 @@ class SSHPool:
                 if attempt >= 2:
                     raise SSHError(f"{target.label}: could not open a session channel: {exc}") from None
                 log.info("%s: pooled connection is gone (%s); reconnecting", target.label, exc)
+
+    def _check_alive(self, host: str, chan: Any, cmd: str) -> None:
+        """Called when a command has been silent for the host's ``connect_timeout``: ask the SSH
+        server for a reply (a keepalive request) within that budget again. A live host answers in
+        milliseconds even while the command works; a frozen or vanished one does not, and the
+        command is abandoned then rather than at its own (much longer) timeout."""
+        transport = chan.get_transport()
+        budget = self._target(host).connect_timeout
+        if transport is None or not transport.is_active():
+            return  # the read loop sees the closed channel and reports the lost connection
+        down = self._down.get(host)
+        if down is not None and time.monotonic() - down[0] < DOWN_MEMORY_S:
+            # another command on this host already found it gone: do not wait a second budget
+            with contextlib.suppress(Exception):
+                chan.close()
+            raise HostUnreachableError(down[1].message, hint=down[1].hint)
+        with self._probe_lock(host):
+            if _transport_answers(transport, budget):
+                return
+        with contextlib.suppress(Exception):
+            chan.close()
+        with self._lock:
+            client = self._clients.get(host)
+        raise self._stopped_answering(
+            host, client, f"no reply to an SSH keepalive within {budget:g}s while `{_shown(cmd)}` ran; "
+                          "the command may or may not have completed there")
+
+    def _stopped_answering(self, host: str, client: paramiko.SSHClient | None, why: str) -> HostUnreachableError:
+        """Forget the connection of a host that stopped answering and remember it as down, so the
+        rest of the run does not wait for it again."""
+        err = HostUnreachableError(f"{self._describe(host)} stopped answering: {why}",
+                                   hint="the host or its sshd is frozen, overloaded or cut off")
+        self._down[host] = (time.monotonic(), err)
+        if client is not None:
+            # closing may block on a dead peer's socket: do it off the caller's path
+            threading.Thread(target=self._drop, args=(host, client), daemon=True, name=f"ssh-drop-{host}").start()
+            with self._lock:
+                if self._clients.get(host) is client:
+                    del self._clients[host]
+        log.warning("%s", err.message)
+        return err
+
+    def _probe_lock(self, host: str) -> threading.Lock:
+        with self._lock:
+            return self._probe_locks.setdefault(host, threading.Lock())
 
     # --- connections --------------------------------------------------------------------------
 
@@ -462,12 +518,13 @@ class SSHPool:
         except paramiko.BadHostKeyException as exc:
             client.close()
             want = f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}"
+            where = _known_hosts_file_with(t.known_hosts, t.host_key_name) or (t.known_hosts or ("known_hosts",))[0]
             raise HostKeyError(
-                f"{t.label}: HOST KEY CHANGED for {t.host_key_name}: the server offered "
-                f"{exc.key.get_name()} {exc.key.fingerprint} but known_hosts "
-                f"({', '.join(map(str, t.known_hosts))}) expects {want}. This may be a "
-                "man-in-the-middle attack, or the host was reinstalled; verify the new key out of "
-                "band before replacing the known_hosts entry. Not connecting.") from None
+                f"{t.label}: HOST KEY CHANGED: the server offered {exc.key.get_name()} {exc.key.fingerprint}, "
+                f"{where} expects {want}; possibly a man-in-the-middle, not connecting",
+                hint=f"verify the new key out of band; if the host was reinstalled, fix {where}: "
+                     f"ssh-keygen -R '{t.host_key_name}' -f {where}, then add the verified key. "
+                     "--force never passes a changed host key") from None
         except paramiko.PasswordRequiredException:
             client.close()
             raise SSHAuthError(f"{t.label}: the private key is protected by a passphrase",
@@ -601,8 +658,10 @@ class _ChannelReader(io.RawIOBase):
     so a chatty stderr cannot stall the command."""
 
     def __init__(self, chan: Any, deadline: float, expired: threading.Event, label: str, cmd: str,
-                 timeout: float) -> None:
+                 timeout: float, *, silence: float, check_alive: Any) -> None:
         super().__init__()
+        self._silence = silence
+        self._check_alive = check_alive
         self._chan = chan
         self._deadline = deadline
         self._expired = expired
@@ -642,7 +701,37 @@ class _ChannelReader(io.RawIOBase):
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 raise self._timed_out()
-            select.select([self._chan], [], [], remaining)
+            if not select.select([self._chan], [], [], min(remaining, self._silence))[0]:
+                self._check_alive()
+
+
+def _known_hosts_file_with(files: Sequence[Path], name: str) -> Path | None:
+    """The first known_hosts file that holds an entry for ``name`` (the one to fix)."""
+    import paramiko
+
+    for path in files:
+        keys = paramiko.HostKeys()
+        with contextlib.suppress(OSError):
+            keys.load(str(path))
+        if keys.lookup(name):
+            return path
+    return None
+
+
+def _transport_answers(transport: Any, budget: float) -> bool:
+    """Whether the SSH server replies to a global keepalive request within ``budget`` seconds
+    (OpenSSH answers ``keepalive@openssh.com`` with a failure reply, which is an answer). paramiko's
+    wait has no timeout of its own, so it waits in a thread that ends when the transport closes."""
+    answered = threading.Event()
+
+    def ask() -> None:
+        with contextlib.suppress(Exception):
+            transport.global_request("keepalive@openssh.com", wait=True)
+            if transport.is_active():
+                answered.set()
+
+    threading.Thread(target=ask, daemon=True, name="ssh-keepalive").start()
+    return answered.wait(budget)
 
 
 def _quiet_paramiko() -> None:

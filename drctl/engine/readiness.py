@@ -37,7 +37,7 @@ from drctl.core.readiness import (
     tsig_finding,
 )
 from drctl.engine.steps import Context
-from drctl.errors import DrctlError
+from drctl.errors import DrctlError, HostKeyError
 from drctl.model.inventory import CommandTraffic, HAProxyTraffic, Inventory
 
 DEFAULT_DEADLINE_S = 60.0
@@ -106,7 +106,7 @@ def check_readiness(ctx: Context, services: list[str], *, operation: str = "fail
         target = svc.backup if operation == "failover" else svc.primary
 
         for host, site in sorted(service_hosts(inv, name).items()):
-            jobs.add(("host", host), partial(ctx.pool.reachable, host),
+            jobs.add(("host", host), partial(_probe_host, ctx, host),
                      partial(_judge_host, name, host, site, site == target), name, "host", f"{host} ({site})")
 
         for site in (svc.primary, svc.backup):
@@ -164,7 +164,19 @@ def _server_states(admin: str, timeout: float, backend: str) -> dict[str, str]:
     return {n: st.state_text for n, st in HAProxyAdmin(admin, timeout=timeout).servers(backend).items()}
 
 
-def _judge_host(name: str, host: str, site: str, target: bool, _answer: Any, err: str | None) -> Finding:
+def _probe_host(ctx: Context, host: str) -> str | None:
+    """None when the host answers with a verified key; the error text of a host key problem (a
+    finding of its own kind: it fails at either site). Other errors raise."""
+    try:
+        ctx.pool.reachable(host)
+    except HostKeyError as e:
+        return _error(e)
+    return None
+
+
+def _judge_host(name: str, host: str, site: str, target: bool, answer: Any, err: str | None) -> Finding:
+    if answer is not None:
+        return host_finding(name, host, site, answer, target=target, key_problem=True)
     return host_finding(name, host, site, err, target=target)
 
 

@@ -29,8 +29,13 @@ from drctl.engine.steps import Context, Outcome, execute
 from drctl.engine.store import Lease, LeaseStore, RunStore
 from drctl.errors import AbortedError
 
-#: what the gate checks beyond the playbook's own read-only steps
-PREFLIGHT_CHECKS = frozenset({"tsig", "haproxy"})
+#: what the gate checks beyond the playbook's own read-only steps: every host the run may use
+#: answers with a verified key (the site being left may not answer: a warning), each zone accepts
+#: our TSIG key, the balancer knows the servers
+PREFLIGHT_CHECKS = frozenset({"host", "tsig", "haproxy"})
+#: gate failures that ``--force`` never passes: talking to a host whose key changed, moving users
+#: onto a copy flagged as mass-changed (only its own acknowledgement passes that)
+UNFORCEABLE_ERRORS = frozenset({"HostKeyError"})
 PREFLIGHT_DEADLINE_S = 30.0
 
 
@@ -76,12 +81,15 @@ class RunResult:
     records: list[ActionRecord] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
     message: str = ""
+    warnings: list[str] = field(default_factory=list)  # what the operator must act on
+    left_sites: list[dict[str, Any]] = field(default_factory=list)  # see left_site_summary
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "operation": self.operation, "status": self.status,
                 "dry_run": self.dry_run, "started": self.started, "finished": self.finished,
                 "elapsed_s": round(self.finished - self.started, 3), "services": self.services,
-                "findings": self.findings, "message": self.message,
+                "findings": self.findings, "message": self.message, "warnings": self.warnings,
+                "left_sites": self.left_sites,
                 "actions": [r.to_dict() for r in sorted(self.records, key=lambda r: r.started)]}
 
 
@@ -115,7 +123,8 @@ class Runner:
         self._records: list[ActionRecord] = []
         self._lock = threading.Lock()
         self._abort: AbortedError | None = None
-        self._preflight: list[str] = []
+        self._gate_unanswered: dict[str, dict[str, Any]] = {}  # host -> the pre-flight's finding
+        self._converge_warnings: list[str] = []
 
     # --- journal ---------------------------------------------------------------------------------
 
@@ -145,20 +154,25 @@ class Runner:
         try:
             self._journal(start_event)
             self.ctx.expect_dns_flips([a for a in self.plan.actions() if not _finished(done.get(a.id))])
-            findings = self._gate()
+            findings, unforceable = self._gate()
             result.findings = findings
             if self._abort is not None:
                 result.status = "aborted"
                 result.message = self._abort.message + "; nothing was changed"
                 result.services = {sp.service: "aborted" for sp in self.plan.services}
-            elif findings and not self.force:
+            elif unforceable or (findings and not self.force):
                 result.status = "refused"
                 result.message = "refused, nothing changed: " + "; ".join(findings)
+                if unforceable and self.force:
+                    result.message += " (--force does not pass: " + "; ".join(unforceable) + ")"
                 result.services = {sp.service: "refused" for sp in self.plan.services}
             else:
                 if findings:
                     self.reporter.message("forced past: " + "; ".join(findings))
+                    result.warnings += [f"forced past: {f}" for f in findings]
                 result.services = self._services(done)
+                if self._abort is None and not self.dry_run:
+                    self._converge(result)
                 if self._abort is not None:
                     result.status = "aborted"
                     result.message = self._abort.message
@@ -171,9 +185,39 @@ class Runner:
                 lease.release()
         result.finished = time.time()
         result.records = list(self._records)
+        if result.status not in ("refused", "dry-run") or self._gate_unanswered:
+            result.left_sites = left_site_summary(self.plan, result.records, result.services, self._gate_unanswered)
+        result.warnings += run_warnings(result.records, result.left_sites) + self._converge_warnings
+        result.warnings = list(dict.fromkeys(result.warnings))
         self._journal({"event": "run_finished", "status": result.status, "services": result.services,
-                       "findings": result.findings, "message": result.message})
+                       "findings": result.findings, "message": result.message, "warnings": result.warnings,
+                       "left_sites": result.left_sites})
         return result
+
+    def _converge(self, result: RunResult) -> None:
+        """Read the world back for every service that finished its steps; repair a difference once,
+        or fail the service naming what differs (see ``drctl.engine.converge``)."""
+        from drctl.engine.converge import converge
+
+        moved = [self.plan.service(n) for n, st in result.services.items() if st == "succeeded"]
+        if not moved:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(moved)), thread_name_prefix="converge") as pool:
+            futures = [pool.submit(converge, self.ctx, sp, self._run_action) for sp in moved]
+            self._wait_all(list(futures))
+        failed = []
+        for f in futures:
+            c = f.result()
+            self._journal({"event": "converge", **c.to_dict()})
+            self._converge_warnings += [f"{c.service}: {w}" for w in c.warnings]
+            if c.found:
+                self.reporter.message(f"{c.service}: the world differed from the target after the run: "
+                                      + "; ".join(c.found) + ("; repaired" if c.ok else ""))
+            if not c.ok:
+                result.services[c.service] = "failed"
+                failed.append(f"{c.service}: " + "; ".join(c.remaining))
+        if failed:
+            result.message = "the world does not match the run's target after a repair: " + "; ".join(failed)
 
     def _acquire(self) -> list[Lease]:
         if self.leases is None or self.dry_run:
@@ -206,33 +250,54 @@ class Runner:
             self._records.append(ActionRecord(action, outcome, t0, t1))
         self.reporter.action_finished(action, outcome, t1 - t0)
 
-    def _gate(self) -> list[str]:
+    def _gate(self) -> tuple[list[str], list[str]]:
         """The gate actions of every service, and the pre-flight checks that the steps to come
-        will work (each zone's DNS server accepts our TSIG key, the load balancer knows the
-        servers named), all at once. Returns what failed."""
+        will work (every host answers with a verified key, each zone's DNS server accepts our
+        TSIG key, the load balancer knows the servers named), all at once. Returns (what failed,
+        the part of it that ``--force`` does not pass)."""
         gate = [a for a in self.plan.actions() if a.gate]
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(gate) + 1), thread_name_prefix="gate") as pool:
             futures = [pool.submit(self._run_action, a) for a in gate]
             pre = pool.submit(self._preflight_checks)
             self._wait_all([*futures, pre])
-        failed = [f"{a.service}: {f.result().detail}" for a, f in zip(gate, futures, strict=True)
-                  if f.result().status == "failed" and a.kind not in self.override]
-        return failed + pre.result()
+        failed, unforceable = [], []
+        for a, f in zip(gate, futures, strict=True):
+            out = f.result()
+            if out.status != "failed":
+                continue
+            text = f"{a.service}: {out.detail}"
+            if out.data.get("error") in UNFORCEABLE_ERRORS or out.data.get("poisoned"):
+                unforceable.append(text)
+            elif a.kind in self.override:
+                continue
+            failed.append(text)
+        pre_failed, pre_unforceable = pre.result()
+        return failed + pre_failed, unforceable + pre_unforceable
 
-    def _preflight_checks(self) -> list[str]:
+    def _preflight_checks(self) -> tuple[list[str], list[str]]:
         from drctl.engine.readiness import check_readiness
 
         services = [sp.service for sp in self.plan.services if any(a.kind in ("flip_dns", "reroute_traffic")
                                                                       for a in sp.actions)]
         if not services:
-            return []
+            return [], []
         found = check_readiness(self.ctx, services, operation=self.plan.operation, deadline_s=PREFLIGHT_DEADLINE_S,
                                 checks=PREFLIGHT_CHECKS)
-        failed = [f for f in found if f.level == "fail"]
         self._journal({"event": "preflight", "findings": [f.to_dict() for f in found]})
-        for f in failed:
+        failed, unforceable = [], []
+        for f in found:
+            if f.check == "host" and f.data.get("unanswered") and not f.data.get("target"):
+                self._gate_unanswered.setdefault(str(f.data["host"]), {"site": f.data["site"], "error": f.detail})
+            if f.level != "fail":
+                continue
+            text = f"{f.service}: {f.subject}: {f.detail}"
+            if text in failed:
+                continue
             self.reporter.message(f"[{f.service}] pre-flight {f.check} FAILED: {f.subject}: {f.detail}")
-        return [f"{f.service}: {f.subject}: {f.detail}" for f in failed]
+            failed.append(text)
+            if f.data.get("host_key"):
+                unforceable.append(text)
+        return failed, unforceable
 
     def _wait_all(self, futures: list[Future[Any]]) -> None:
         """Wait for every future; Ctrl-C turns into a clean stop instead of leaving threads mid-step."""
@@ -336,3 +401,75 @@ def done_from_journal(records: list[dict[str, Any]]) -> dict[str, Outcome]:
         if r.get("event") == "action_finished":
             done[r["action"]] = Outcome(r["status"], r.get("detail", ""), r.get("data") or {})
     return done
+
+
+def left_site_summary(plan: Plan, records: list[ActionRecord], services: dict[str, str],
+                      gate_unanswered: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each site the run leaves: whether it answered (and since which step it did not),
+    whether each service was fenced there, and what the operator must still do about it."""
+    out = []
+    ordered = sorted(records, key=lambda r: r.started)
+    for site in dict.fromkeys(sp.from_site for sp in plan.services):
+        mine = [sp for sp in plan.services if sp.from_site == site]
+        names = {sp.service for sp in mine}
+        silent_since: str | None = None
+        silent_hosts: dict[str, str] = {}
+        for host, info in gate_unanswered.items():
+            if info["site"] == site:
+                silent_since = silent_since or "the gate (pre-flight)"
+                silent_hosts.setdefault(host, str(info["error"]))
+        fences: dict[str, dict[str, Any]] = {}
+        for r in ordered:
+            if r.action.service not in names:
+                continue
+            un = r.outcome.data.get("unanswered")
+            if isinstance(un, dict) and un.get("site") == site:
+                silent_since = silent_since or r.action.id
+                silent_hosts.setdefault(str(un.get("host")), str(un.get("error")))
+            fence = r.outcome.data.get("fence")
+            if isinstance(fence, dict) and fence.get("site") == site:
+                fences[r.action.service] = fence
+        per_service = {}
+        for sp in mine:
+            st = services.get(sp.service, "?")
+            if sp.service in fences:
+                per_service[sp.service] = fences[sp.service]
+            elif not any(a.kind == "reroute_traffic" for a in sp.actions):
+                per_service[sp.service] = {"site": site, "status": "not_fenced",
+                                           "detail": "no traffic step: only DNS moved; clients holding the old "
+                                                     "answer, or using the address directly, still reach it"}
+            elif st == "succeeded":
+                per_service[sp.service] = {"site": site, "status": "fenced", "detail": "traffic moved earlier"}
+            else:
+                per_service[sp.service] = {"site": site, "status": "not_moved", "detail": f"service {st}"}
+        unfenced = sorted(s for s, f in per_service.items() if f["status"] == "not_fenced")
+        if unfenced:
+            todo = (f"{site} is NOT fenced for {', '.join(unfenced)}: before it comes back, make sure it cannot "
+                    "serve (power it off or cut it off, or run its deactivate commands): a site that returns "
+                    "unfenced may serve stale data")
+        elif silent_since:
+            todo = (f"{site} did not answer; traffic no longer reaches it through drctl's balancers, but check "
+                    "it before it comes back")
+        else:
+            todo = "nothing"
+        out.append({"site": site, "answering": silent_since is None, "silent_since": silent_since,
+                    "silent_hosts": silent_hosts, "services": per_service, "todo": todo})
+    return out
+
+
+def run_warnings(records: list[ActionRecord], left_sites: list[dict[str, Any]]) -> list[str]:
+    """The warnings the operator must act on, for the final summary."""
+    out = []
+    for left in left_sites:
+        if not left["answering"]:
+            hosts = ", ".join(sorted(left["silent_hosts"])) or "its hosts"
+            out.append(f"site {left['site']} did not answer ({hosts}) since {left['silent_since']}")
+        if left["todo"] != "nothing":
+            out.append(left["todo"])
+    for r in sorted(records, key=lambda r: r.started):
+        d = r.outcome.data
+        if d.get("acknowledged"):
+            out.append(f"{r.action.service}: moved onto a copy flagged as mass-changed, acknowledged by the operator")
+        elif r.action.kind == "wait_dns" and r.outcome.status == "warn":
+            out.append(f"{r.action.service}: {r.outcome.detail}")
+    return out

@@ -21,6 +21,7 @@ from drctl.engine.dnsbatch import ZoneBatcher
 from drctl.errors import (
     AbortedError,
     DrctlError,
+    HostKeyError,
     HostUnreachableError,
     StepFailedError,
 )
@@ -56,11 +57,14 @@ class Context:
     """What handlers need: the inventory, shared connections, and how to ask the operator."""
 
     def __init__(self, inventory: Inventory, *, state_dir: Path, approve: Approver | None = None,
-                 full_verify: bool = False) -> None:
+                 full_verify: bool = False, accept_mass_change: frozenset[str] = frozenset()) -> None:
+        """``accept_mass_change``: services whose backup the operator knowingly moves users onto
+        although integrity verification flagged it as mass-changed (``--accept-mass-change``)."""
         self.inventory = inventory
         self.state_dir = state_dir
         self.approve = approve
         self.full_verify = full_verify
+        self.accept_mass_change = accept_mass_change
         self._pool: SSHPool | None = None
         self._keys: dict[str, TsigKey] = {}
         self._lock = threading.Lock()
@@ -245,7 +249,9 @@ def _wait_dns(action: Action, ctx: Context) -> Outcome:
                     break
             else:
                 others_synced_at = None
-            time.sleep(interval)
+            if ctx.cancel.wait(min(interval, max(0.0, deadline - now))):
+                raise AbortedError("interrupted while waiting for DNS to be served everywhere",
+                                   hint="`drctl resume RUN_ID` waits again")
     elapsed = round(time.monotonic() - start, 3)
     if not pending:
         return Outcome("ok", f"all authoritative servers answer the {action.to_site} values after {elapsed}s",
@@ -280,32 +286,44 @@ def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
                 return Outcome("failed", f"{tr.balancer} does not see {tr.backend}/{to_server} UP ({seen}) after "
                                f"{SERVER_UP_WAIT_S:.0f}s; {from_server} left serving, traffic not moved",
                                {"to_status": seen})
-            time.sleep(0.2)
+            ctx.cancel.wait(0.2)
         admin.set_state(tr.backend, from_server, tr.mode)
         states = admin.servers(tr.backend)
         got = {s: states[s].state_text for s in (to_server, from_server) if s in states}
         if got.get(to_server) != "ready" or got.get(from_server) != tr.mode:
             return Outcome("failed", f"{tr.balancer} reports {got} after the change", {"states": got})
+        fence = {"site": action.from_site, "status": "fenced",
+                 "detail": f"{tr.balancer} sends it no traffic ({tr.backend}/{from_server} {tr.mode})"}
         return Outcome("ok", f"{tr.balancer} {tr.backend}: {to_server} ready, {from_server} {tr.mode}",
-                       {"states": got})
+                       {"states": got, "fence": fence})
     assert isinstance(tr, CommandTraffic)
     notes = []
     status: Status = "ok"
+    data: dict[str, Any] = {}
     spec: CommandSpec | None = tr.deactivate.get(action.from_site)
-    if spec is not None:
+    if spec is None:
+        data["fence"] = {"site": action.from_site, "status": "not_fenced",
+                         "detail": "no `deactivate` command is configured for it"}
+    else:
         try:
             _run_checked(ctx, spec.host, spec.argv, spec.timeout)
             notes.append(f"deactivated on {spec.host}")
-        except HostUnreachableError as e:
-            # the old site may come back still active: the operator must know it was not fenced
+            data["fence"] = {"site": action.from_site, "status": "fenced", "detail": f"deactivated on {spec.host}"}
+        except (HostUnreachableError, HostKeyError) as e:
+            # the site being left may vanish at any moment: its fence is attempted within the host's
+            # connect budget, and its failure never keeps the service from its backup. The old site
+            # may come back still active: the operator must know it was not fenced.
             status = "warn"
-            notes.append(f"NOT deactivated on {action.from_site}: it does not answer ({e.message}); "
-                         "make sure it cannot come back active")
+            notes.append(f"NOT fenced: not deactivated on {spec.host} ({action.from_site}): {e.message}")
+            data["fence"] = {"site": action.from_site, "status": "not_fenced", "host": spec.host,
+                             "detail": f"{spec.host} did not take the deactivate command: {e.message}"}
+            data["unanswered"] = {"site": action.from_site, "host": spec.host, "error": e.message,
+                                  "kind": type(e).__name__}
     spec = tr.activate.get(action.to_site)
     if spec is not None:
         _run_checked(ctx, spec.host, spec.argv, spec.timeout)
         notes.append(f"activated on {spec.host}")
-    return Outcome(status, "; ".join(notes))
+    return Outcome(status, "; ".join(notes), data)
 
 
 def _run_checked(ctx: Context, host: str, argv: list[str], timeout: float) -> str:
@@ -328,9 +346,13 @@ def _command(action: Action, ctx: Context) -> Outcome:
     host, argv = action.params["host"], list(action.params["argv"])
     try:
         out = _run_checked(ctx, host, argv, float(action.params.get("timeout", 60)))
-    except HostUnreachableError as e:
+    except (HostUnreachableError, HostKeyError) as e:
         if action.params.get("on_unreachable") == "skip":
-            return Outcome("skipped", f"{host} does not answer: {e.message}")
+            data: dict[str, Any] = {"error": type(e).__name__}
+            if ctx.inventory.host(host)[0] == action.from_site:
+                data["unanswered"] = {"site": action.from_site, "host": host, "error": e.message,
+                                      "kind": type(e).__name__}
+            return Outcome("skipped", f"not run: {e.message}", data)
         raise
     return Outcome("ok", out.strip()[-200:] or "exit 0")
 
@@ -377,6 +399,16 @@ def _verify_integrity(action: Action, ctx: Context) -> Outcome:
     data = report.as_dict()
     if report.ok:
         return Outcome("ok", report.summary(), data)
+    if report.mass_change:
+        # a poisoned copy (encrypted in place, renamed, mostly different) is never served by default,
+        # whatever the policy and --force: only the operator's explicit acknowledgement passes it
+        data["poisoned"] = True
+        if action.service in ctx.accept_mass_change:
+            data["acknowledged"] = True
+            return Outcome("warn", f"ACKNOWLEDGED by the operator (--accept-mass-change {action.service}): "
+                                   + report.summary(), data)
+        return Outcome("failed", report.summary() + "; users are not moved onto this copy "
+                       f"(only --accept-mass-change {action.service} passes it)", data)
     return Outcome("warn" if warn_only else "failed", report.summary(), data)
 
 

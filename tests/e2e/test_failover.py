@@ -95,7 +95,7 @@ def test_failover_completes_with_the_primary_gone(lab: LabInfo, tmp_path: Path) 
     assert len(fences) == 3 and all(a["status"] == "skipped" for a in fences)
     assert all("app1" in a["detail"] for a in fences)
     db_reroute = next(a for a in result["actions"] if a["service"] == "db" and a["kind"] == "reroute_traffic")
-    assert db_reroute["status"] == "warn" and "NOT deactivated" in db_reroute["detail"]
+    assert db_reroute["status"] == "warn" and "NOT fenced" in db_reroute["detail"]
     assert served(lab, DC2) and frontends(lab) == ("web@dc2", "api@dc2")
 
 
@@ -451,7 +451,7 @@ def test_integrity_verification_that_does_not_finish_in_time_is_bounded_by_its_p
         path = tmp_path / f"verify-{policy}.yaml"
         path.write_text(yaml.safe_dump({
             "version": 1, "name": f"verify-{policy}", "direction": "failover",
-            "steps": [{"kind": "verify_integrity", "policy": policy, "timeout": "0s"}, {"kind": "flip_dns"}]}))
+            "steps": [{"kind": "verify_integrity", "policy": policy, "timeout": "1ms"}, {"kind": "flip_dns"}]}))
         return path
 
     state = tmp_path / "state"
