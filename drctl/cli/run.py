@@ -169,7 +169,8 @@ def _report(result: dict[str, Any], json_out: bool) -> int:
         if result["status"] in ("failed", "aborted") and result.get("run_id"):
             ENV.err.print(f"the run is journaled: `drctl resume {result['run_id']}` continues it")
         if result["status"] == "refused":
-            ENV.err.print("nothing was changed; fix the findings above, or pass --force to override them")
+            ENV.err.print("nothing was changed; fix the findings above"
+                          + (", or pass --force to override them" if result.get("forceable", True) else ""))
     return EXIT_BY_STATUS.get(result["status"], 1)
 
 

@@ -296,11 +296,39 @@ class SSHPool:
         watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
         watchdog.daemon = True
         watchdog.start()
+        # paramiko waits for the server's reply to the exec request with no timeout of its own: a
+        # host that stops answering right after the channel opened would hold us until the command's
+        # deadline. After the connect budget, ask the server for a keepalive reply; none means gone.
+        started, stalled = threading.Event(), threading.Event()
+        budget = self._target(host).connect_timeout
+
+        def check_start() -> None:
+            transport = chan.get_transport()
+            if started.is_set() or transport is None:
+                return
+            with self._probe_lock(host):
+                answers = _transport_answers(transport, budget)
+            if not answers and not started.is_set():
+                stalled.set()
+                with contextlib.suppress(Exception):
+                    chan.close()
+
+        start_watch = threading.Timer(budget, check_start)
+        start_watch.daemon = True
+        start_watch.start()
         feeder: threading.Thread | None = None
         try:
             try:
                 chan.exec_command(cmd)
+                started.set()
             except Exception as exc:  # noqa: BLE001 (paramiko raises SSHException, EOFError, OSError)
+                started.set()
+                if stalled.is_set():
+                    with self._lock:
+                        client = self._clients.get(host)
+                    raise self._stopped_answering(
+                        host, client, f"no reply to `{_shown(cmd)}` being started, nor to an SSH keepalive, "
+                                      f"within {2 * budget:g}s") from None
                 if expired.is_set():
                     raise SSHError(f"{self._describe(host)}: `{_shown(cmd)}` did not start within the "
                                    "command timeout (is the host overloaded?)") from None
@@ -316,6 +344,7 @@ class SSHPool:
             yield chan, expired
         finally:
             watchdog.cancel()
+            start_watch.cancel()
             with contextlib.suppress(Exception):
                 chan.close()
             if feeder is not None:

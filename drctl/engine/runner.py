@@ -82,6 +82,7 @@ class RunResult:
     findings: list[str] = field(default_factory=list)
     message: str = ""
     warnings: list[str] = field(default_factory=list)  # what the operator must act on
+    forceable: bool = True  # a refusal that --force would pass
     left_sites: list[dict[str, Any]] = field(default_factory=list)  # see left_site_summary
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +90,7 @@ class RunResult:
                 "dry_run": self.dry_run, "started": self.started, "finished": self.finished,
                 "elapsed_s": round(self.finished - self.started, 3), "services": self.services,
                 "findings": self.findings, "message": self.message, "warnings": self.warnings,
+                "forceable": self.forceable,
                 "left_sites": self.left_sites,
                 "actions": [r.to_dict() for r in sorted(self.records, key=lambda r: r.started)]}
 
@@ -163,8 +165,10 @@ class Runner:
             elif unforceable or (findings and not self.force):
                 result.status = "refused"
                 result.message = "refused, nothing changed: " + "; ".join(findings)
-                if unforceable and self.force:
-                    result.message += " (--force does not pass: " + "; ".join(unforceable) + ")"
+                result.forceable = not unforceable
+                if unforceable:
+                    result.message += (" (--force does not pass a changed host key or a mass-changed copy"
+                                       + (", and was not applied" if self.force else "") + ")")
                 result.services = {sp.service: "refused" for sp in self.plan.services}
             else:
                 if findings:
@@ -284,18 +288,24 @@ class Runner:
         found = check_readiness(self.ctx, services, operation=self.plan.operation, deadline_s=PREFLIGHT_DEADLINE_S,
                                 checks=PREFLIGHT_CHECKS)
         self._journal({"event": "preflight", "findings": [f.to_dict() for f in found]})
-        failed, unforceable = [], []
+        # one line per problem, naming every service it concerns (a host shared by three services
+        # is one problem, said once)
+        by_problem: dict[tuple[str, str, str], list[str]] = {}
+        key_problems: set[tuple[str, str, str]] = set()
         for f in found:
             if f.check == "host" and f.data.get("unanswered") and not f.data.get("target"):
                 self._gate_unanswered.setdefault(str(f.data["host"]), {"site": f.data["site"], "error": f.detail})
-            if f.level != "fail":
-                continue
-            text = f"{f.service}: {f.subject}: {f.detail}"
-            if text in failed:
-                continue
-            self.reporter.message(f"[{f.service}] pre-flight {f.check} FAILED: {f.subject}: {f.detail}")
+            if f.level == "fail":
+                by_problem.setdefault((f.check, f.subject, f.detail), []).append(f.service)
+                if f.data.get("host_key"):
+                    key_problems.add((f.check, f.subject, f.detail))
+        failed, unforceable = [], []
+        for problem, services in by_problem.items():
+            check, subject, detail = problem
+            text = f"{', '.join(dict.fromkeys(services))}: {subject}: {detail}"
+            self.reporter.message(f"pre-flight {check} FAILED for {text}")
             failed.append(text)
-            if f.data.get("host_key"):
+            if problem in key_problems:
                 unforceable.append(text)
         return failed, unforceable
 

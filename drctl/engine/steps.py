@@ -200,8 +200,6 @@ def _wait_dns(action: Action, ctx: Context) -> Outcome:
     """Poll every authoritative server (in parallel) until each serves the new values. A server
     that does not answer at all is given a short grace once all the others serve the change, then
     reported as a warning: a dead secondary must not hold a failover for the whole timeout."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from drctl.drivers.dns_rfc2136 import normalize_values, query
 
     svc = ctx.inventory.services[action.service]
@@ -227,31 +225,30 @@ def _wait_dns(action: Action, ctx: Context) -> Outcome:
         except DrctlError as e:
             return key, None, e.message
 
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(pending))), thread_name_prefix="wait-dns") as pool:
-        while pending:
-            for key, got, error in pool.map(ask, list(pending)):
-                if got is None:
-                    silent.add(key)
-                    last[key] = f"no answer ({error})"
-                    continue
-                silent.discard(key)
-                if sorted(got) == pending[key]:
-                    del pending[key]
-                    last.pop(key, None)
-                else:
-                    last[key] = "answers " + (",".join(got) or "nothing")
-            now = time.monotonic()
-            if not pending or now >= deadline:
-                break
-            if set(pending) <= silent:
-                others_synced_at = others_synced_at or now
-                if now - others_synced_at >= grace:
-                    break
+    while pending:
+        for key, got, error in _gather(ask, list(pending), ctx.cancel):
+            if got is None:
+                silent.add(key)
+                last[key] = f"no answer ({error})"
+                continue
+            silent.discard(key)
+            if sorted(got) == pending[key]:
+                del pending[key]
+                last.pop(key, None)
             else:
-                others_synced_at = None
-            if ctx.cancel.wait(min(interval, max(0.0, deadline - now))):
-                raise AbortedError("interrupted while waiting for DNS to be served everywhere",
-                                   hint="`drctl resume RUN_ID` waits again")
+                last[key] = "answers " + (",".join(got) or "nothing")
+        now = time.monotonic()
+        if not pending or now >= deadline:
+            break
+        if set(pending) <= silent:
+            others_synced_at = others_synced_at or now
+            if now - others_synced_at >= grace:
+                break
+        else:
+            others_synced_at = None
+        if ctx.cancel.wait(min(interval, max(0.0, deadline - now))):
+            raise AbortedError("interrupted while waiting for DNS to be served everywhere",
+                               hint="`drctl resume RUN_ID` waits again")
     elapsed = round(time.monotonic() - start, 3)
     if not pending:
         return Outcome("ok", f"all authoritative servers answer the {action.to_site} values after {elapsed}s",
@@ -263,6 +260,38 @@ def _wait_dns(action: Action, ctx: Context) -> Outcome:
                         "gave_up": "timeout" if time.monotonic() >= deadline else "grace"})
     return Outcome("failed", f"after {timeout:.0f}s not every server serves the {action.to_site} values: {problems}",
                    {"elapsed_s": elapsed})
+
+
+def _gather(fn: Callable[[Any], Any], items: list[Any], cancel: threading.Event) -> list[Any]:
+    """``[fn(item) for item in items]``, each in its own daemon thread, in order; an interrupt
+    (``cancel``) is honoured within 0.1 s even while a server takes its whole timeout to answer:
+    the threads left behind end with their own timeouts and hold nothing."""
+    results: dict[int, Any] = {}
+    cond = threading.Condition()
+
+    def one(i: int, item: Any) -> None:
+        try:
+            value = fn(item)
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller
+            value = e
+        with cond:
+            results[i] = value
+            cond.notify()
+
+    for i, item in enumerate(items):
+        threading.Thread(target=one, args=(i, item), daemon=True, name="gather").start()
+    with cond:
+        while len(results) < len(items):
+            if cancel.is_set():
+                raise AbortedError("interrupted while waiting for servers to answer",
+                                   hint="`drctl resume RUN_ID` continues")
+            cond.wait(0.1)
+    out = []
+    for i in range(len(items)):
+        if isinstance(results[i], BaseException):
+            raise results[i]
+        out.append(results[i])
+    return out
 
 
 def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
