@@ -38,6 +38,10 @@ SiteOpt = Annotated[str | None, typer.Option("--site", "-s", help="every service
 PlaybookOpt = Annotated[Path | None, typer.Option("--playbook", "-p",
                                                   help="playbook YAML (default: the built-in one for the operation)")]
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=64, help="services run at the same time, at most")]
+SiteDownOpt = Annotated[list[str] | None, typer.Option(
+    "--site-down", metavar="SITE",
+    help="disaster mode: declare SITE lost. Nothing is sent to its hosts (no probe waits for it), integrity is "
+         "checked against the newest baseline, its fences are reported as not attempted", show_default=False)]
 AcceptMassChangeOpt = Annotated[list[str] | None, typer.Option(
     "--accept-mass-change", metavar="SERVICE",
     help="move SERVICE onto its backup although integrity verification flags that copy as mass-changed "
@@ -111,13 +115,14 @@ def plan_cmd(
 
 def _operate(operation: str, services: list[str] | None, site: str | None, playbook: Path | None,
              dry_run: bool, yes: bool, force: bool, json_out: bool, inventory: Path, state: Path | None,
-             parallel: int, accept_mass_change: list[str] | None = None) -> int:
+             parallel: int, accept_mass_change: list[str] | None = None, site_down: list[str] | None = None) -> int:
     from drctl.engine.runner import Runner, run_meta
     from drctl.engine.steps import Context
     from drctl.engine.store import LeaseStore, RunStore, new_run_id
 
     inv, plan, pb_path = make_plan(inventory, operation, services, site, playbook)
     acked = _acknowledged(plan, accept_mass_change)
+    down = _sites_down(inv, plan, site_down)
     sd = state_dir(state)
     if not json_out:
         ENV.err.print(render.plan_table(plan))
@@ -132,13 +137,13 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
                                 hint="wait for it to finish (`drctl history` shows it running)")
         expected = site if site else " ".join(names)
         confirm_typed(expected, f"{operation} of {', '.join(names)} will change DNS and traffic for real.", yes=yes)
-    ctx = Context(inv, state_dir=sd, approve=Approver(yes), accept_mass_change=acked)
+    ctx = Context(inv, state_dir=sd, approve=Approver(yes), accept_mass_change=acked, site_down=down)
     run_id = None if dry_run else new_run_id(operation)
     store = RunStore(sd)
     runner = Runner(plan, ctx, run_id=run_id, store=store, leases=leases,
                     reporter=ProgressReporter(quiet=json_out), dry_run=dry_run, force=force, max_workers=parallel)
     meta = run_meta({"inventory": str(inventory.resolve()), "playbook": str(pb_path.resolve()),
-                     "argv": sys.argv[1:], "accept_mass_change": sorted(acked)})
+                     "argv": sys.argv[1:], "accept_mass_change": sorted(acked), "site_down": sorted(down)})
     try:
         result = runner.run(runner.start_record(meta))
     finally:
@@ -152,6 +157,18 @@ def _acknowledged(plan: Plan, names: list[str] | None) -> frozenset[str]:
     if unknown:
         raise UsageError(f"--accept-mass-change names services that are not part of this run: {', '.join(unknown)}")
     return frozenset(names or [])
+
+
+def _sites_down(inv: Any, plan: Plan, names: list[str] | None) -> frozenset[str]:
+    """Sites declared lost: known sites, and never a site the run moves services to."""
+    down = frozenset(names or [])
+    unknown = sorted(down - set(inv.sites))
+    if unknown:
+        raise UsageError(f"--site-down: unknown site {', '.join(unknown)}; known: {', '.join(sorted(inv.sites))}")
+    targets = sorted(down & {sp.to_site for sp in plan.services})
+    if targets:
+        raise UsageError(f"--site-down {', '.join(targets)}: this run moves services to that site")
+    return down
 
 
 def _report(result: dict[str, Any], json_out: bool) -> int:
@@ -188,11 +205,12 @@ def _run_command(operation: str) -> Callable[..., int]:
         json_out: JsonOpt = False,
         parallel: ParallelOpt = 32,
         accept_mass_change: AcceptMassChangeOpt = None,
+        site_down: SiteDownOpt = None,
         inventory: InventoryOpt = DEFAULT_INVENTORY,
         state: StateDirOpt = None,
     ) -> int:
         return _operate(operation, services, site, playbook, dry_run, yes, force, json_out, inventory, state,
-                        parallel, accept_mass_change)
+                        parallel, accept_mass_change, site_down)
 
     command.__doc__ = {
         "failover": "Move services from their primary site to their backup site.\n\n"
@@ -269,7 +287,8 @@ def resume_cmd(
     confirm_typed(" ".join(sp.service for sp in plan.services),
                   f"resume {plan.operation} of {', '.join(sp.service for sp in plan.services)}.", yes=yes)
     ctx = Context(inv, state_dir=sd, approve=Approver(yes),
-                  accept_mass_change=frozenset(start.get("accept_mass_change") or []))
+                  accept_mass_change=frozenset(start.get("accept_mass_change") or []),
+                  site_down=frozenset(start.get("site_down") or []) & set(inv.sites))
     runner = Runner(plan, ctx, run_id=run_id, store=store, leases=LeaseStore(sd),
                     reporter=ProgressReporter(quiet=json_out), force=bool(start.get("force")))
     try:

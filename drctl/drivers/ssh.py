@@ -153,6 +153,7 @@ class SSHPool:
         self._ssh_config: Any = None
         self._down: dict[str, tuple[float, HostUnreachableError]] = {}
         self._probe_locks: dict[str, threading.Lock] = {}
+        self._declared_down: dict[str, str] = {}
         self._max_sessions = max_sessions
         self._sessions: dict[str, threading.BoundedSemaphore] = {}
 
@@ -232,6 +233,12 @@ class SSHPool:
         except Exception:  # noqa: BLE001 (any failure means the connection is gone)
             self._drop(host, client)
             self._client(host)
+
+    def declare_down(self, host: str, reason: str) -> None:
+        """Never connect to ``host`` (the operator declared its site lost): every use fails at once
+        with ``HostUnreachableError(reason)``."""
+        with self._lock:
+            self._declared_down[host] = reason
 
     def close(self) -> None:
         """Close every connection (the pool can be used again afterwards)."""
@@ -461,6 +468,9 @@ class SSHPool:
             return self._host_locks.setdefault(host, threading.Lock())
 
     def _client(self, host: str) -> paramiko.SSHClient:
+        declared = self._declared_down.get(host)
+        if declared is not None:
+            raise HostUnreachableError(f"{host}: {declared}")
         target = self._target(host)
         with self._host_lock(host):
             with self._lock:

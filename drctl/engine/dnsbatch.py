@@ -1,8 +1,11 @@
 """One DNS UPDATE per zone: ``flip_dns`` steps of services running side by side are coalesced.
 
 The first service to submit changes for a zone becomes the batch's leader: it waits until every
-service still expected to flip that zone has joined, or a short window has passed, then sends all
-the changes in one signed UPDATE (its prerequisites still guard every record). Should that UPDATE
+service *expected* to flip that zone has joined, or a short window has passed, then sends all the
+changes in one signed UPDATE (its prerequisites still guard every record). A service is expected
+only from the moment it can move (its dependencies are done: the runner says so with ``expect``)
+until it has submitted or ended without submitting (``withdraw``): a batch never waits for a
+service of a later dependency wave. Should that UPDATE
 be refused for one record (changed by someone else, or invalid), each service's changes are sent
 on their own, so only the service whose record is at fault fails; an unreachable server or a
 rejected key fails them all at once.
@@ -36,20 +39,35 @@ class _Batch:
 
 
 class ZoneBatcher:
-    def __init__(self, send: Send, expected: dict[str, int], *, window: float = 0.05) -> None:
-        """``expected``: zone -> how many flip_dns submissions this run will make for it."""
+    def __init__(self, send: Send, expected: dict[str, int] | None = None, *, window: float = 0.05) -> None:
+        """``expected``: zone -> how many flip_dns submissions are expected now (more with ``expect``)."""
         self._send = send
-        self._remaining = dict(expected)
+        self._remaining = dict(expected or {})
         self._window = window
         self._open: dict[str, _Batch] = {}
         self._lock = threading.Lock()
+
+    def expect(self, zones: Sequence[str]) -> None:
+        """A service that can move now will submit changes for each of ``zones``."""
+        with self._lock:
+            for zone in zones:
+                self._remaining[zone] = self._remaining.get(zone, 0) + 1
+
+    def withdraw(self, zones: Sequence[str]) -> None:
+        """A service expected for ``zones`` ended without submitting: batches stop waiting for it."""
+        with self._lock:
+            for zone in zones:
+                self._remaining[zone] = max(0, self._remaining.get(zone, 0) - 1)
+                batch = self._open.get(zone)
+                if batch is not None and self._remaining[zone] == 0:
+                    batch.full.set()
 
     def submit(self, zone: str, changes: Sequence[Any], timeout: float = 120.0) -> tuple[list[str], int]:
         """Send ``changes`` (in a batch when others join); returns (names updated, batch size).
         Raises what sending raised for these changes."""
         ticket = _Ticket(list(changes))
         with self._lock:
-            self._remaining[zone] = max(0, self._remaining.get(zone, 1) - 1)
+            self._remaining[zone] = max(0, self._remaining.get(zone, 0) - 1)
             batch = self._open.get(zone)
             leader = batch is None
             if batch is None:

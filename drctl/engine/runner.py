@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drctl.core.plan import Action, Plan
+from drctl.core.plan import Action, Plan, ServicePlan
 from drctl.engine.steps import Context, Outcome, execute
 from drctl.engine.store import Lease, LeaseStore, RunStore
 from drctl.errors import AbortedError
@@ -126,6 +126,7 @@ class Runner:
         self._lock = threading.Lock()
         self._abort: AbortedError | None = None
         self._gate_unanswered: dict[str, dict[str, Any]] = {}  # host -> the pre-flight's finding
+        self._prewarmed: list[dict[str, Any]] = []  # balancer servers drained for the switch
         self._converge_warnings: list[str] = []
 
     # --- journal ---------------------------------------------------------------------------------
@@ -155,8 +156,7 @@ class Runner:
         leases = self._acquire()
         try:
             self._journal(start_event)
-            self.ctx.expect_dns_flips([a for a in self.plan.actions() if not _finished(done.get(a.id))])
-            findings, unforceable = self._gate()
+            findings, unforceable = self._gate(done)
             result.findings = findings
             if self._abort is not None:
                 result.status = "aborted"
@@ -184,13 +184,15 @@ class Runner:
                     result.status = "dry-run"
                 elif any(v in ("failed", "blocked") for v in result.services.values()):
                     result.status = "failed"
+            self._restore_prewarmed(result.services)  # what a refused, aborted or failed run did not switch
         finally:
             for lease in leases:
                 lease.release()
         result.finished = time.time()
         result.records = list(self._records)
         if result.status not in ("refused", "dry-run") or self._gate_unanswered:
-            result.left_sites = left_site_summary(self.plan, result.records, result.services, self._gate_unanswered)
+            result.left_sites = left_site_summary(self.plan, result.records, result.services, self._gate_unanswered,
+                                                  self.ctx.site_down)
         result.warnings += run_warnings(result.records, result.left_sites) + self._converge_warnings
         result.warnings = list(dict.fromkeys(result.warnings))
         self._journal({"event": "run_finished", "status": result.status, "services": result.services,
@@ -254,16 +256,22 @@ class Runner:
             self._records.append(ActionRecord(action, outcome, t0, t1))
         self.reporter.action_finished(action, outcome, t1 - t0)
 
-    def _gate(self) -> tuple[list[str], list[str]]:
+    def _gate(self, done: dict[str, Outcome]) -> tuple[list[str], list[str]]:
         """The gate actions of every service, and the pre-flight checks that the steps to come
         will work (every host answers with a verified key, each zone's DNS server accepts our
         TSIG key, the load balancer knows the servers named), all at once. Returns (what failed,
-        the part of it that ``--force`` does not pass)."""
+        the part of it that ``--force`` does not pass).
+
+        At the same time the balancers start health-checking the servers traffic will move to
+        (maintenance -> drain: checked, but sent nothing), so no switch waits for a check later;
+        a run that does not go ahead puts them back."""
         gate = [a for a in self.plan.actions() if a.gate]
-        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(gate) + 1), thread_name_prefix="gate") as pool:
+        reroutes = [a for a in self.plan.actions() if a.kind == "reroute_traffic" and not _finished(done.get(a.id))]
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(gate) + 2), thread_name_prefix="gate") as pool:
             futures = [pool.submit(self._run_action, a) for a in gate]
             pre = pool.submit(self._preflight_checks)
-            self._wait_all([*futures, pre])
+            warm = pool.submit(self._prewarm, reroutes) if reroutes and not self.dry_run else None
+            self._wait_all([*futures, pre, *([warm] if warm else [])])
         failed, unforceable = [], []
         for a, f in zip(gate, futures, strict=True):
             out = f.result()
@@ -277,6 +285,26 @@ class Runner:
             failed.append(text)
         pre_failed, pre_unforceable = pre.result()
         return failed + pre_failed, unforceable + pre_unforceable
+
+    def _prewarm(self, reroutes: list[Action]) -> None:
+        from drctl.engine.steps import prewarm_balancers
+
+        self._prewarmed = prewarm_balancers(self.ctx, reroutes)
+        if self._prewarmed:
+            self._journal({"event": "prewarm", "servers": self._prewarmed})
+
+    def _restore_prewarmed(self, services: dict[str, str]) -> None:
+        """Put back the drained servers of services whose traffic did not move."""
+        from drctl.engine.steps import restore_balancers
+
+        back = [e for e in self._prewarmed if services.get(e["service"]) != "succeeded"]
+        self._prewarmed = [e for e in self._prewarmed if e not in back]
+        if not back:
+            return
+        problems = restore_balancers(self.ctx, back)
+        self._journal({"event": "prewarm_restored", "servers": back, "problems": problems})
+        for p in problems:
+            self.reporter.message(f"could not put back a server drained for the switch: {p}")
 
     def _preflight_checks(self) -> tuple[list[str], list[str]]:
         from drctl.engine.readiness import check_readiness
@@ -338,6 +366,23 @@ class Runner:
         status: dict[str, str] = {}
         finished = {sp.service: threading.Event() for sp in self.plan.services}
         lock = threading.Lock()
+        expected: set[str] = set()
+
+        def flips(sp: ServicePlan) -> list[Action]:
+            return [a for a in sp.actions if a.kind == "flip_dns" and not _finished(done.get(a.id))]
+
+        def expect_movable() -> None:
+            """(under ``lock``) Services whose dependencies are all done can move now: the DNS
+            batches wait for their flips, and for no one else's."""
+            if self.dry_run:
+                return
+            for sp in self.plan.services:
+                if sp.service in expected or sp.service in status:
+                    continue
+                if all(status.get(d) == "succeeded" for d in sp.depends_on):
+                    expected.add(sp.service)
+                    for a in flips(sp):
+                        self.ctx.expect_flip(a)
 
         def run_service(name: str) -> None:
             sp = self.plan.service(name)
@@ -363,9 +408,14 @@ class Runner:
             finally:
                 with lock:
                     status[name] = st
+                    for a in flips(sp):
+                        self.ctx.withdraw_flip(a)
+                    expect_movable()
                 finished[name].set()
 
         names = [s for level in self.plan.levels for s in level]
+        with lock:
+            expect_movable()
         with ThreadPoolExecutor(max_workers=min(self.max_workers, max(1, len(names))),
                                 thread_name_prefix="svc") as pool:
             futures = [pool.submit(run_service, n) for n in names]
@@ -414,7 +464,8 @@ def done_from_journal(records: list[dict[str, Any]]) -> dict[str, Outcome]:
 
 
 def left_site_summary(plan: Plan, records: list[ActionRecord], services: dict[str, str],
-                      gate_unanswered: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                      gate_unanswered: dict[str, dict[str, Any]],
+                      site_down: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """For each site the run leaves: whether it answered (and since which step it did not),
     whether each service was fenced there, and what the operator must still do about it."""
     out = []
@@ -422,7 +473,7 @@ def left_site_summary(plan: Plan, records: list[ActionRecord], services: dict[st
     for site in dict.fromkeys(sp.from_site for sp in plan.services):
         mine = [sp for sp in plan.services if sp.from_site == site]
         names = {sp.service for sp in mine}
-        silent_since: str | None = None
+        silent_since: str | None = "declared down by the operator (--site-down)" if site in site_down else None
         silent_hosts: dict[str, str] = {}
         for host, info in gate_unanswered.items():
             if info["site"] == site:
@@ -452,7 +503,7 @@ def left_site_summary(plan: Plan, records: list[ActionRecord], services: dict[st
                 per_service[sp.service] = {"site": site, "status": "fenced", "detail": "traffic moved earlier"}
             else:
                 per_service[sp.service] = {"site": site, "status": "not_moved", "detail": f"service {st}"}
-        unfenced = sorted(s for s, f in per_service.items() if f["status"] == "not_fenced")
+        unfenced = sorted(s for s, f in per_service.items() if f["status"] in ("not_fenced", "not_attempted"))
         if unfenced:
             todo = (f"{site} is NOT fenced for {', '.join(unfenced)}: before it comes back, make sure it cannot "
                     "serve (power it off or cut it off, or run its deactivate commands): a site that returns "

@@ -57,29 +57,50 @@ class Context:
     """What handlers need: the inventory, shared connections, and how to ask the operator."""
 
     def __init__(self, inventory: Inventory, *, state_dir: Path, approve: Approver | None = None,
-                 full_verify: bool = False, accept_mass_change: frozenset[str] = frozenset()) -> None:
+                 full_verify: bool = False, accept_mass_change: frozenset[str] = frozenset(),
+                 site_down: frozenset[str] = frozenset()) -> None:
         """``accept_mass_change``: services whose backup the operator knowingly moves users onto
-        although integrity verification flagged it as mass-changed (``--accept-mass-change``)."""
+        although integrity verification flagged it as mass-changed (``--accept-mass-change``).
+        ``site_down``: sites the operator declared lost (``--site-down``): nothing is sent to
+        their hosts; their fences are reported as not attempted."""
         self.inventory = inventory
         self.state_dir = state_dir
         self.approve = approve
         self.full_verify = full_verify
         self.accept_mass_change = accept_mass_change
+        self.site_down = site_down
         self._pool: SSHPool | None = None
         self._keys: dict[str, TsigKey] = {}
         self._lock = threading.Lock()
-        self._dns_batcher: ZoneBatcher | None = None
+        self._dns_batcher = ZoneBatcher(self._send_zone)
+        self._expected_flips: dict[str, list[str]] = {}  # flip_dns action id -> its zones
         self.cancel = threading.Event()  # set when the operator interrupts the run
 
-    def expect_dns_flips(self, actions: list[Action]) -> None:
-        """Tell the DNS batcher which flip_dns actions are still to run, so one UPDATE per zone
-        can carry the changes of every service flipping at the same moment."""
-        expected: dict[str, int] = defaultdict(int)
-        for a in actions:
-            if a.kind == "flip_dns":
-                for zone in {r.zone.rstrip(".") for r in self.inventory.services[a.service].dns}:
-                    expected[zone] += 1
-        self._dns_batcher = ZoneBatcher(self._send_zone, dict(expected))
+    def _zones(self, service: str) -> list[str]:
+        return sorted({r.zone.rstrip(".") for r in self.inventory.services[service].dns})
+
+    def expect_flip(self, action: Action) -> None:
+        """``action`` (a flip_dns) can run now: the zone batches it would join wait for it (up to
+        their short window), so services moving at the same moment share one UPDATE per zone."""
+        with self._lock:
+            if action.id in self._expected_flips:
+                return
+            zones = self._expected_flips[action.id] = self._zones(action.service)
+        self._dns_batcher.expect(zones)
+
+    def withdraw_flip(self, action: Action) -> None:
+        """``action`` will not run (its service failed or stopped first): batches stop waiting for it."""
+        with self._lock:
+            zones = self._expected_flips.pop(action.id, None)
+        if zones:
+            self._dns_batcher.withdraw(zones)
+
+    def _submitted(self, action: Action) -> None:
+        with self._lock:
+            self._expected_flips.pop(action.id, None)
+
+    def host_site(self, host: str) -> str:
+        return self.inventory.host(host)[0]
 
     def _send_zone(self, zone: str, changes: list[Any]) -> list[str]:
         from drctl.drivers.dns_rfc2136 import update_zone
@@ -89,8 +110,6 @@ class Context:
 
     def flip_zone(self, zone: str, changes: list[Any]) -> tuple[list[str], int]:
         """(names updated, services sharing the UPDATE)."""
-        if self._dns_batcher is None:
-            return self._send_zone(zone, changes), 1
         return self._dns_batcher.submit(zone, changes)
 
     @property
@@ -100,6 +119,10 @@ class Context:
                 from drctl.drivers.ssh import SSHPool
 
                 self._pool = SSHPool(self.inventory.all_hosts(), base_dir=self.inventory.base_dir)
+                for site in sorted(self.site_down):
+                    for host in self.inventory.sites[site].hosts if site in self.inventory.sites else ():
+                        self._pool.declare_down(host, f"site {site} was declared down by the operator "
+                                                      f"(--site-down {site}); nothing is sent there")
             return self._pool
 
     def tsig_key(self, zone: str) -> TsigKey:
@@ -164,7 +187,9 @@ def _health_check(action: Action, ctx: Context) -> Outcome:
     site = action.params["site"]
     hc = ctx.inventory.services[action.service].sites[site].health
     assert hc is not None
-    result = check_health(hc)
+    if site in ctx.site_down:
+        return Outcome("skipped", f"not attempted: site {site} was declared down (--site-down)", {"site": site})
+    result = check_health(hc, cancel=ctx.cancel)
     data = {"site": site, "elapsed_s": round(result.elapsed_s, 3)}
     if result.ok:
         return Outcome("ok", result.detail, data)
@@ -185,6 +210,7 @@ def _flip_dns(action: Action, ctx: Context) -> Outcome:
     updated: list[str] = []
     already: list[str] = []
     shared = 1
+    ctx._submitted(action)
     for zone, changes in sorted(by_zone.items()):
         done, size = ctx.flip_zone(zone, changes)
         shared = max(shared, size)
@@ -260,6 +286,57 @@ def _wait_dns(action: Action, ctx: Context) -> Outcome:
                         "gave_up": "timeout" if time.monotonic() >= deadline else "grace"})
     return Outcome("failed", f"after {timeout:.0f}s not every server serves the {action.to_site} values: {problems}",
                    {"elapsed_s": elapsed})
+
+
+def prewarm_balancers(ctx: Context, actions: list[Action]) -> list[dict[str, Any]]:
+    """Take the ``to`` server of every balancer-steered ``reroute_traffic`` in ``actions`` from
+    maintenance to *drain*: it receives no traffic yet, but the balancer health-checks it, so by
+    the time its wave switches it is already proven UP and the switch does not wait for a check.
+    Returns what was changed (with the state to restore), for ``restore_balancers``."""
+    from drctl.drivers.haproxy import HAProxyAdmin
+
+    changed: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for a in actions:
+        tr = ctx.inventory.services[a.service].traffic if a.service in ctx.inventory.services else None
+        if a.kind != "reroute_traffic" or not isinstance(tr, HAProxyTraffic):
+            continue
+        key = (tr.balancer, tr.backend, tr.servers[a.to_site])
+        if key in seen:
+            continue
+        seen.add(key)
+        lb = ctx.inventory.load_balancers[tr.balancer]
+        admin = HAProxyAdmin(lb.admin, timeout=lb.timeout)
+        try:
+            before = admin.servers(tr.backend).get(key[2])
+            if before is None or before.state_text != "maint":
+                continue
+            admin.set_state(tr.backend, key[2], "drain")
+        except DrctlError:
+            continue  # best effort: the switch itself still waits for the server to be seen UP
+        changed.append({"service": a.service, "balancer": tr.balancer, "backend": tr.backend,
+                        "server": key[2], "before": "maint"})
+    return changed
+
+
+def restore_balancers(ctx: Context, entries: list[dict[str, Any]]) -> list[str]:
+    """Put back the servers ``prewarm_balancers`` drained whose switch did not happen (still in
+    drain). Returns what could not be restored."""
+    from drctl.drivers.haproxy import HAProxyAdmin
+
+    problems = []
+    for e in entries:
+        lb = ctx.inventory.load_balancers.get(e["balancer"])
+        if lb is None:
+            continue
+        admin = HAProxyAdmin(lb.admin, timeout=lb.timeout)
+        try:
+            now = admin.servers(e["backend"]).get(e["server"])
+            if now is not None and now.state_text == "drain":
+                admin.set_state(e["backend"], e["server"], e["before"])
+        except DrctlError as err:
+            problems.append(f"{e['balancer']} {e['backend']}/{e['server']}: {err.message}")
+    return problems
 
 
 def _gather(fn: Callable[[Any], Any], items: list[Any], cancel: threading.Event) -> list[Any]:
@@ -343,11 +420,15 @@ def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
             # connect budget, and its failure never keeps the service from its backup. The old site
             # may come back still active: the operator must know it was not fenced.
             status = "warn"
+            declared = action.from_site in ctx.site_down
             notes.append(f"NOT fenced: not deactivated on {spec.host} ({action.from_site}): {e.message}")
-            data["fence"] = {"site": action.from_site, "status": "not_fenced", "host": spec.host,
-                             "detail": f"{spec.host} did not take the deactivate command: {e.message}"}
-            data["unanswered"] = {"site": action.from_site, "host": spec.host, "error": e.message,
-                                  "kind": type(e).__name__}
+            data["fence"] = {"site": action.from_site, "status": "not_attempted" if declared else "not_fenced",
+                             "host": spec.host,
+                             "detail": (f"not attempted: {action.from_site} was declared down" if declared else
+                                        f"{spec.host} did not take the deactivate command: {e.message}")}
+            if not declared:
+                data["unanswered"] = {"site": action.from_site, "host": spec.host, "error": e.message,
+                                      "kind": type(e).__name__}
     spec = tr.activate.get(action.to_site)
     if spec is not None:
         _run_checked(ctx, spec.host, spec.argv, spec.timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -105,3 +106,37 @@ def test_window_bounds_the_wait_for_services_that_never_come() -> None:
     assert batcher.submit("a.test", [Change("x.a.test.")]) == (["x.a.test."], 1)
     with pytest.raises(DNSConflictError):
         ZoneBatcher(Recorder(conflicting={"q.a.test."}), {}, window=0.01).submit("a.test", [Change("q.a.test.")])
+
+
+def test_a_batch_never_waits_for_a_service_that_cannot_move_yet() -> None:
+    """Only services that can move now are expected: a later wave's flip is not waited for."""
+    send = Recorder()
+    batcher = ZoneBatcher(send, window=5.0)
+    batcher.expect(["a.test"])  # the one service of this wave
+    t0 = time.monotonic()
+    batcher.submit("a.test", [Change("x.a.test.")])
+    assert time.monotonic() - t0 < 1.0  # not the 5 s window
+    assert send.sent == [("a.test", ["x.a.test."])]
+
+
+def test_a_withdrawn_service_releases_the_batch_waiting_for_it() -> None:
+    send = Recorder()
+    batcher = ZoneBatcher(send, window=5.0)
+    batcher.expect(["a.test"])
+    batcher.expect(["a.test"])  # two services can move; one of them fails before its flip
+    threading.Timer(0.2, batcher.withdraw, args=(["a.test"],)).start()
+    t0 = time.monotonic()
+    batcher.submit("a.test", [Change("x.a.test.")])
+    assert 0.1 < time.monotonic() - t0 < 2.0
+    assert send.sent == [("a.test", ["x.a.test."])]
+
+
+def test_services_of_one_wave_share_one_update() -> None:
+    send = Recorder()
+    batcher = ZoneBatcher(send, window=5.0)
+    batcher.expect(["a.test"])
+    batcher.expect(["a.test"])
+    batcher.expect(["a.test"])
+    results = _submit_all(batcher, [("a.test", "x.a.test."), ("a.test", "y.a.test."), ("a.test", "z.a.test.")])
+    assert len(send.sent) == 1 and sorted(send.sent[0][1]) == ["x.a.test.", "y.a.test.", "z.a.test."]
+    assert all(not isinstance(r, BaseException) for r in results.values())
