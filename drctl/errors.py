@@ -10,7 +10,8 @@ is printed only with ``--debug``.
     ├── RefusedError                4  unsafe, nothing changed (unless --force)
     │   ├── StaleBackupError           backup older than its RPO, or missing
     │   ├── UnhealthyError             the target site fails its health check
-    │   └── LockHeldError              another run holds the service's lock
+    │   ├── LockHeldError              another run holds the service's lock
+    │   └── LockWriteError             the lock cannot be written (full disk, I/O error)
     ├── StepFailedError             5  a step of a run failed; the run is journaled and resumable
     │   └── DriverError                an outside system answered badly or not at all
     │       ├── SSHError
@@ -105,6 +106,11 @@ class LockHeldError(RefusedError):
     pass
 
 
+class LockWriteError(RefusedError):
+    """A service's lock could not be written in the state directory (full disk, I/O error): the
+    run stops before it changes anything."""
+
+
 class StepFailedError(DrctlError):
     exit_code = 5
     label = "failed"
@@ -179,7 +185,8 @@ EXIT_CODES: dict[int, str] = {
     1: "unexpected internal error (run with --debug for a traceback)",
     2: "usage error: bad arguments, or a prompt was needed but stdin is not a terminal (use --yes)",
     3: "invalid inventory or playbook (every problem printed as file:line: field: message)",
-    4: "refused as unsafe, nothing changed: stale backup, unhealthy target, lock held (see --force)",
+    4: "refused as unsafe, nothing changed: stale backup, unhealthy target (see --force), lock held or "
+       "not writable (full disk)",
     5: "a step failed during a run; the journal records where, `drctl resume RUN_ID` continues",
     6: "integrity verification found differences between primary and backup",
     7: "not ready: a readiness check failed, or a drill missed its RTO/RPO target",

@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map errors to exit codes, never a traceback unless --debug."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("DRCTL_DEBUG") == "1"
     signal.signal(signal.SIGTERM, _terminate)  # `systemctl stop`, `timeout`: stop like Ctrl-C, cleanly
+    if debug:  # tracebacks and library logs go straight to sys.stderr: mask secrets there too
+        from drctl.cli.common import redacting
+
+        sys.stderr = redacting(sys.stderr)
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="drctl")
     except typer.Exit as e:

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, load_inventory
+from drctl.cli.common import (
+    DEFAULT_INVENTORY,
+    ENV,
+    InventoryOpt,
+    JsonOpt,
+    StateDirOpt,
+    check_output_path,
+    load_inventory,
+    write_output,
+)
 from drctl.core import render
 from drctl.core.readiness import Finding, Verdict, all_ready, verdicts
 from drctl.errors import NotReadyError
@@ -68,10 +77,11 @@ def check_cmd(
     (and the RPO); the target site is healthy; each zone's primary DNS server accepts our TSIG key
     (a signed UPDATE whose prerequisite fails on purpose: the zone does not change); HAProxy knows
     the backend servers; integrity baselines are recent enough. Exit 0 when every service is
-    ready, 7 when any is not.
+    ready, 7 when any is not; 2 when the --metrics-file cannot be written (checked first).
     """
     from drctl.core.plan import select_services
 
+    check_output_path("--metrics-file", metrics_file)
     started = time.time()
     inv = load_inventory(inventory)
     selected = select_services(inv, services or [], site, all_services)
@@ -79,9 +89,8 @@ def check_cmd(
     ready = all_ready(vs)
     if metrics_file is not None:
         from drctl.core.report import check_metrics
-        from drctl.engine.drill import write_atomic
 
-        write_atomic(metrics_file, check_metrics(findings, vs, started))
+        write_output("--metrics-file", metrics_file, check_metrics(findings, vs, started))
     if json_out:
         ENV.stdout.write(render.to_json({
             "ready": ready, "operation": direction.value, "checked_at": started,

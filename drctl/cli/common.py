@@ -2,23 +2,28 @@
 asking the operator, and progress lines on stderr.
 
 Data goes to stdout, messages and progress to stderr. No colour when stdout/stderr is not a
-terminal, with ``NO_COLOR`` set, or ``TERM=dumb`` (rich honours all three). Nothing here decides
-anything about a failover: it only connects the operator to the core and the engine.
+terminal, with ``NO_COLOR`` set, or ``TERM=dumb`` (rich honours all three). Everything written
+through ``ENV`` has its secrets masked (``drctl.core.redact``): passwords in URLs and connection
+strings never reach a terminal, a log or cron mail. Output files named by options are checked
+before any work starts (``check_output_path``). Nothing here decides anything about a failover:
+it only connects the operator to the core and the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from drctl.core.redact import redact_text
 from drctl.engine.store import default_state_dir, ensure_state_dir
 from drctl.errors import AbortedError, UsageError
 from drctl.units import format_duration
@@ -29,10 +34,40 @@ if TYPE_CHECKING:  # the models cost ~120 ms to import: only the commands that l
     from drctl.model.inventory import Inventory
 
 
+class RedactingStream:
+    """A text stream that masks secrets in everything written to it (the last net: text is also
+    redacted where it is made, since a table may fold a long URL over two lines)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact_text(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding ...
+        return getattr(self.stream, name)
+
+
+def redacting(stream: TextIO) -> TextIO:
+    return stream if isinstance(stream, RedactingStream) else cast(TextIO, RedactingStream(stream))
+
+
+class _Console(Console):
+    """A rich console that masks secrets in the strings it is given, before it wraps them."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(redact_text(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
 def _console(stream: TextIO) -> Console:
     no_color = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
-    return Console(file=stream, no_color=no_color, highlight=False, soft_wrap=False,
-                   width=None if stream.isatty() else 160)
+    return _Console(file=stream, no_color=no_color, highlight=False, soft_wrap=False,
+                    width=None if stream.isatty() else 160)
 
 
 @dataclass
@@ -44,6 +79,8 @@ class Env:
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
 
     def __post_init__(self) -> None:
+        self.stdout = redacting(self.stdout)
+        self.stderr = redacting(self.stderr)
         self.out = _console(self.stdout)
         self.err = _console(self.stderr)
 
@@ -83,6 +120,47 @@ def load_inventory(path: Path) -> Inventory:
 
 def state_dir(path: Path | None) -> Path:
     return ensure_state_dir(path or default_state_dir())
+
+
+def check_output_path(option: str, path: Path | None) -> None:
+    """Refuse (exit 2, naming ``option`` and ``path``) an output file that could not be written,
+    before the command does any work: its directory must exist and take a new file (checked by
+    creating and removing one, which also catches read-only filesystems and root's permissions),
+    and ``path`` must not be a directory. Files are written with ``write_output``."""
+    if path is None:
+        return
+    parent = path.parent
+    problem = None
+    if path.is_dir():
+        problem = "is a directory"
+    elif not parent.exists():
+        problem = f"its directory {parent} does not exist"
+    elif not parent.is_dir():
+        problem = f"{parent} is not a directory"
+    else:
+        probe = parent / f".{path.name}.{os.getpid()}.probe"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as e:
+            problem = f"cannot write in {parent}: {e.strerror or e}"
+    if problem is not None:
+        raise UsageError(f"{option} {path}: {problem}; nothing was done",
+                         hint=f"create the directory or pass another path to {option}")
+
+
+def write_output(option: str, path: Path, text: str) -> None:
+    """Write an output file atomically (readers see the old or the new content); a failure is a
+    UsageError naming ``option`` (``check_output_path`` caught what could be caught up front)."""
+    from drctl.engine.drill import write_atomic
+
+    try:
+        write_atomic(path, text)
+    except OSError as e:
+        with contextlib.suppress(OSError):  # write_atomic's temporary file, if it was left behind
+            path.with_name(f".{path.name}.{os.getpid()}.tmp").unlink()
+        raise UsageError(f"{option} {path}: cannot write it: {e.strerror or e}",
+                         hint="free space or fix permissions, or pass another path") from None
 
 
 def confirm_typed(expected: str, what: str, *, yes: bool, env: Env = ENV) -> None:
@@ -148,13 +226,14 @@ class ProgressReporter:
 
     def action_started(self, action: Action) -> None:
         if not self.quiet:
-            self.env.err.print(f"[dim]{escape(f'[{action.service}] {action.kind}: {action.title} ...')}[/]")
+            title = redact_text(action.title)
+            self.env.err.print(f"[dim]{escape(f'[{action.service}] {action.kind}: {title} ...')}[/]")
 
     def action_finished(self, action: Action, outcome: Outcome, elapsed_s: float) -> None:
         if not self.quiet or outcome.status == "failed":
             self.env.err.print(f"{escape(f'[{action.service}] {action.kind}:')} "
                                f"{_MARK.get(outcome.status, outcome.status)} "
-                               f"({format_duration(elapsed_s)}) {escape(outcome.detail)}")
+                               f"({format_duration(elapsed_s)}) {escape(redact_text(outcome.detail))}")
 
     def message(self, text: str) -> None:
-        self.env.err.print(text, markup=False)
+        self.env.err.print(redact_text(text), markup=False)

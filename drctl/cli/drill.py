@@ -21,9 +21,11 @@ from drctl.cli.common import (
     ProgressReporter,
     StateDirOpt,
     YesOpt,
+    check_output_path,
     confirm_typed,
     load_inventory,
     state_dir,
+    write_output,
 )
 from drctl.core import render
 from drctl.errors import UsageError
@@ -71,10 +73,14 @@ def drill_cmd(
     directory; `drctl report DRILL_ID` renders it.
 
     Exit codes: 0 passed; 7 a target was missed; 4 refused, nothing changed; 5 a step failed
-    (production was returned to the primary: the message says where everything is); 130 aborted.
+    (production was returned to the primary: the message says where everything is); 130 aborted;
+    2 an output file (--html, --junit, --metrics-file) cannot be written (checked before the drill
+    starts; if writing still fails afterwards, the drill's own exit code wins when it is not 0).
     """
+    for option, path in (("--html", html), ("--junit", junit), ("--metrics-file", metrics_file)):
+        check_output_path(option, path)
     from drctl.core.report import drill_html, drill_junit, drill_metrics
-    from drctl.engine.drill import Drill, write_atomic
+    from drctl.engine.drill import Drill
     from drctl.engine.steps import Context
 
     inv = load_inventory(inventory)
@@ -95,21 +101,32 @@ def drill_cmd(
         record = drill.run()
     finally:
         ctx.close()
-    for path, text in ((html, drill_html), (junit, drill_junit), (metrics_file, drill_metrics)):
+    unwritten: list[UsageError] = []
+    for option, path, text in (("--html", html, drill_html), ("--junit", junit, drill_junit),
+                               ("--metrics-file", metrics_file, drill_metrics)):
         if path is not None:
-            write_atomic(path, text(record))
+            try:
+                write_output(option, path, text(record))
+            except UsageError as e:
+                unwritten.append(e)
     if json_out:
         ENV.stdout.write(render.to_json(record) + "\n")
     else:
         ENV.out.print(drill_table(record))
         ENV.err.print(record["message"], markup=False, style="bold" if record["exit_code"] else "")
         ENV.err.print(f"recorded as drill {record['drill_id']}: `drctl report {record['drill_id']} --format html`")
-    return int(record["exit_code"])
+    for err in unwritten:
+        ENV.err.print(f"drctl: {err.label}: {err.message} (the drill is recorded: `drctl report "
+                      f"{record['drill_id']} -o FILE` writes its report again)", markup=False)
+    code = int(record["exit_code"])
+    return code if code or not unwritten else UsageError.exit_code
 
 
 def drill_table(record: dict[str, Any]) -> Any:
     from rich.markup import escape
     from rich.table import Table
+
+    from drctl.core.redact import redact_text
 
     t = Table(title=f"drill {record['drill_id']}: {record['status']}", title_justify="left")
     for col in ("service", "result", "RTO (target)", "RPO exposure (target)", "now served from", "findings"):
@@ -119,7 +136,7 @@ def drill_table(record: dict[str, Any]) -> Any:
         t.add_row(name, f"[{style.get(r['status'], '')}]{r['status']}[/]",
                   f"{_d(r.get('rto_s'))} ({_d(r.get('rto_target_s'))})",
                   f"{_d(r.get('rpo_exposure_s'))} ({_d(r.get('rpo_target_s'))})",
-                  escape(r.get("final", "?")), escape("\n".join(r.get("findings") or [])))
+                  escape(redact_text(r.get("final", "?"))), escape(redact_text("\n".join(r.get("findings") or []))))
     return t
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from drctl.cli.common import ENV, StateDirOpt, state_dir
+from drctl.cli.common import ENV, StateDirOpt, check_output_path, state_dir, write_output
 from drctl.core import render
 
 
@@ -51,15 +51,15 @@ def report_cmd(
     """Render a run or a drill as Markdown, self-contained HTML, JSON or JUnit XML.
 
     HTML is one file with a timeline of steps per service, readable offline; JUnit XML has a test
-    case per service and step, for CI systems.
+    case per service and step, for CI systems. An --output file whose directory is missing or
+    cannot be written is refused (exit 2) before anything is read.
     """
+    check_output_path("--output", output)
     kind, record = load_record(state_dir(state), run_id)
     text = render_record(kind, record, fmt)
     if output is None:
         ENV.stdout.write(text)
     else:
-        from drctl.engine.drill import write_atomic
-
-        write_atomic(output, text)
+        write_output("--output", output, text)
         ENV.err.print(f"wrote {output}", markup=False)
     return 0

@@ -5,6 +5,7 @@ Parse -> load -> plan (core) -> run (engine) -> render -> exit code. No decision
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from drctl.cli.common import (
     state_dir,
 )
 from drctl.core import render
-from drctl.errors import LockHeldError, RefusedError, UsageError
+from drctl.errors import DrctlError, LockHeldError, RefusedError, UsageError
 
 if TYPE_CHECKING:
     from drctl.core.plan import Plan
@@ -147,8 +148,10 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
     try:
         result = runner.run(runner.start_record(meta))
     finally:
-        ctx.close()
-        store.close()
+        try:
+            ctx.close()
+        finally:
+            store.close()
     return _report(result.to_dict(), json_out)
 
 
@@ -280,6 +283,7 @@ def resume_cmd(
                 + ", ".join(f"{s['run_id']} ({s['operation']} of {', '.join(sorted(mine & set(s['services'])))}, "
                             f"{s['status']})" for s in later),
                 hint="resuming would replay an older decision; start a new run, or pass --accept-changes")
+    plan = _with_unmasked_params(plan, inv, start)
     done = done_from_journal(records)
     pending = [a for a in plan.actions() if a.id not in done or done[a.id].status not in ("ok", "skipped", "warn")]
     if not json_out:
@@ -294,9 +298,53 @@ def resume_cmd(
     try:
         result = runner.run({"event": "run_resumed", **run_meta({"argv": sys.argv[1:]})}, done)
     finally:
-        ctx.close()
-        store.close()
+        try:
+            ctx.close()
+        finally:
+            store.close()
     return _report(result.to_dict(), json_out)
+
+
+def _with_unmasked_params(plan: Plan, inv: Any, start: dict[str, Any]) -> Plan:
+    """The journal masks secrets, also in the arguments of commands. Resume takes each action's
+    parameters from the inventory and playbook again (the same ones: the inventory's digest is
+    checked, and an action whose parameters differ other than by a mask is refused)."""
+    from dataclasses import replace
+
+    from drctl.core.plan import Plan, ServicePlan, build_plan
+    from drctl.model.load import load_playbook
+
+    def masked(value: Any) -> bool:
+        return "***" in json.dumps(value, default=str)
+
+    if not any(masked(a.params) for a in plan.actions()):
+        return plan
+    try:
+        pb = load_playbook(Path(start["playbook"]), inv)
+        fresh = {a.id: a for a in build_plan(inv, pb, [sp.service for sp in plan.services], plan.operation).actions()}
+    except DrctlError as e:
+        raise RefusedError(f"the run's commands were journaled with secrets masked, and its playbook cannot be read "
+                           f"again to restore them: {e.message}", hint="start a new run") from None
+    services = []
+    for sp in plan.services:
+        actions = []
+        for a in sp.actions:
+            if masked(a.params):
+                f = fresh.get(a.id)
+                if f is None or f.kind != a.kind or not _same_but_masked(a.params, f.params):
+                    raise RefusedError(f"step {a.id} was journaled with secrets masked and the playbook "
+                                       f"{start['playbook']} no longer has it as it was", hint="start a new run")
+                a = replace(a, params=f.params)
+            actions.append(a)
+        services.append(ServicePlan(sp.service, sp.from_site, sp.to_site, sp.depends_on, tuple(actions)))
+    return Plan(plan.operation, plan.playbook, tuple(services), plan.levels, plan.notes, plan.inventory_digest)
+
+
+def _same_but_masked(journaled: Any, fresh: Any) -> bool:
+    from drctl.core.redact import redact
+
+    return json.dumps(journaled, default=str, sort_keys=True) == json.dumps(redact(fresh), default=str,
+                                                                           sort_keys=True)
 
 
 def history_cmd(

@@ -13,6 +13,7 @@ import typer
 
 from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, load_inventory
 from drctl.core import render
+from drctl.core.redact import redact_text
 from drctl.units import format_duration
 
 RUNS_READ = 200  # newest journals read for "last run" and command-moved traffic
@@ -87,7 +88,7 @@ def status_cmd(
             style = {"fail": "red", "warn": "yellow"}.get(b["level"], "")
             text = f"{b['site']}: {age}"
             if b["age_s"] is None and b["level"] != "ok":
-                text = f"{b['site']}: ? ({b['detail'][:60]})"
+                text = f"{b['site']}: ? ({redact_text(b['detail'])[:60]})"  # masked before it is cut
             backups.append(f"[{style}]{escape(text)}[/]" if style else escape(text))
         d = r["last_drill"]
         drill = "never"
@@ -108,4 +109,4 @@ def status_cmd(
 
 
 def _short(site: str | None, detail: str) -> str:
-    return site if site is not None else f"? ({detail})"
+    return site if site is not None else f"? ({redact_text(detail)})"

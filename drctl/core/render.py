@@ -1,6 +1,8 @@
 """Plans and runs as text: rich tables for people, Markdown for tickets, JSON for machines.
 
 Pure: takes values, returns values (strings or rich renderables); printing is the CLI's job.
+Everything returned is redacted (``drctl.core.redact``): no password of a URL or connection
+string reaches a table, a Markdown document or JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
+from drctl.core.redact import redact, redact_text
 from drctl.units import format_duration
 
 if TYPE_CHECKING:
@@ -22,7 +25,9 @@ _STATUS_STYLE = {"ok": "green", "succeeded": "green", "skipped": "yellow", "warn
 
 
 def to_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=False, default=str)
+    """``value`` as indented JSON, every secret masked (values of secret-named keys, passwords in
+    URLs and connection strings, also in objects JSON has no type for)."""
+    return json.dumps(redact(value), indent=2, sort_keys=False, default=lambda o: redact_text(str(o)))
 
 
 def plan_table(plan: Plan) -> Table:
@@ -36,7 +41,7 @@ def plan_table(plan: Plan) -> Table:
             changes = (changes + "\n" if changes else "") + "(already so: no change)"
         step = a.kind + (" (gate)" if a.gate else "")
         t.add_row(str(n), escape(f"{sp.service} ({sp.from_site}->{sp.to_site}, wave {wave})"), step,
-                  escape(a.title), escape(changes))
+                  escape(redact_text(a.title)), escape(redact_text(changes)))
     return t
 
 
@@ -59,7 +64,7 @@ def plan_markdown(plan: Plan) -> str:
                     changes += " (already so)"
                 lines.append(f"| {i} | {a.kind}{' (gate)' if a.gate else ''} | {_md(a.title)} | {changes} |")
             lines.append("")
-    return "\n".join(lines)
+    return redact_text("\n".join(lines))
 
 
 def _md(text: str) -> str:
@@ -73,8 +78,18 @@ def run_table(result: dict[str, Any]) -> Table:
     for a in result["actions"]:
         style = _STATUS_STYLE.get(a["status"], "")
         t.add_row(escape(a["service"]), a["kind"], f"[{style}]{a['status']}[/]" if style else a["status"],
-                  format_duration(a["elapsed_s"]), escape(a["detail"]))
+                  format_duration(a["elapsed_s"]), escape(redact_text(a["detail"])))
     return t
+
+
+def left_site_line(left: dict[str, Any]) -> str:
+    """One paragraph on a site the run left: answering or not, fenced or not, what is left to do."""
+    answering = "answering" if left["answering"] else f"NOT answering (since {left['silent_since']})"
+    fences = "; ".join(f"{svc}: {f['status'].replace('_', ' ')} ({f['detail']})" for svc, f in left["services"].items())
+    text = f"site left: {left['site']}, {answering}. {fences}."
+    if left["todo"] != "nothing":
+        text += f" To do: {left['todo']}."
+    return text
 
 
 def services_table(result: dict[str, Any]) -> Table:
@@ -88,6 +103,7 @@ def services_table(result: dict[str, Any]) -> Table:
 
 
 def run_markdown(result: dict[str, Any]) -> str:
+    result = redact(result)
     lines = [f"# {result['operation']} {result.get('run_id') or ''}: {result['status']}", ""]
     if result.get("message"):
         lines += [result["message"], ""]
@@ -96,4 +112,4 @@ def run_markdown(result: dict[str, Any]) -> str:
     for a in result["actions"]:
         lines.append(f"| {a['service']} | {a['kind']} | {a['status']} | {format_duration(a['elapsed_s'])} "
                      f"| {_md(a['detail'])} |")
-    return "\n".join(lines) + "\n"
+    return redact_text("\n".join(lines) + "\n")

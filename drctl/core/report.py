@@ -11,6 +11,9 @@ and Prometheus text format. Pure: values in, strings out (writing files is the C
 
 A *run* here is the dict of ``RunResult.to_dict()`` (or ``run_from_journal``); a *drill* is the
 record ``drctl.engine.drill`` writes.
+
+Every report is redacted (``drctl.core.redact``): the records are masked before they are
+rendered, and the text once more after, so no password of a URL or connection string is shown.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 from drctl.core import render
 from drctl.core.plan import Action, Plan
 from drctl.core.readiness import Finding, Verdict
+from drctl.core.redact import redact, redact_text
 from drctl.units import format_duration
 
 # --- runs from the journal -----------------------------------------------------------------------
@@ -67,13 +71,13 @@ def run_from_journal(run_id: str, records: list[dict[str, Any]]) -> dict[str, An
                             "started": t0, "finished": t1, "elapsed_s": round(t1 - t0, 3), "status": status,
                             "detail": detail, "data": data})
     services = dict((end or {}).get("services") or {sp["service"]: "interrupted" for sp in plan.get("services", [])})
-    return {"run_id": run_id, "operation": start.get("operation", "?"),
+    return redact({"run_id": run_id, "operation": start.get("operation", "?"),
             "status": end.get("status", "?") if end else "interrupted", "dry_run": False,
             "started": t_first, "finished": float(end["ts"]) if end else t_last,
             "elapsed_s": round((float(end["ts"]) if end else t_last) - t_first, 3), "services": services,
             "findings": list((end or {}).get("findings") or []), "message": (end or {}).get("message", ""),
             "user": start.get("user"), "host": start.get("host"), "drill_id": start.get("drill_id"),
-            "actions": sorted(actions, key=lambda a: (a["started"], a["id"]))}
+            "actions": sorted(actions, key=lambda a: (a["started"], a["id"]))})
 
 
 def drill_steps(drill: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -232,6 +236,7 @@ def _steps_table(steps: Iterable[Mapping[str, Any]], t0: float, with_phase: bool
 
 def run_html(run: Mapping[str, Any]) -> str:
     """A run (failover, failback, resume) as one self-contained HTML page."""
+    run = redact(run)
     actions = list(run.get("actions", []))
     t0 = float(run["started"])
     t1 = max([float(run.get("finished") or t0)] + [float(a["finished"]) for a in actions])
@@ -251,7 +256,7 @@ def run_html(run: Mapping[str, Any]) -> str:
                     + "".join(f"<li>{_e(f)}</li>" for f in run["findings"]) + "</ul>")
     body.append("<h2>Timeline</h2>" + timeline_html(bars, lanes, t0, t1))
     body.append("<h2>Steps</h2>" + _steps_table(actions, t0))
-    return _page(title, "\n".join(body))
+    return redact_text(_page(title, "\n".join(body)))
 
 
 def _fmt_s(x: float | None) -> str:
@@ -269,6 +274,7 @@ def _met(met: bool | None, target: float | None) -> str:
 def drill_html(drill: Mapping[str, Any]) -> str:
     """A drill as one self-contained HTML page: per-service results against targets, a timeline
     of every step per service (failover, real-path checks, failback), and the final state."""
+    drill = redact(drill)
     steps = drill_steps(drill)
     t0 = float(drill["started"])
     t1 = max([float(drill.get("finished") or t0)] + [float(s["finished"]) for s in steps])
@@ -309,7 +315,7 @@ def drill_html(drill: Mapping[str, Any]) -> str:
     if linked:
         body.append("<h2>Runs</h2><p>" + "; ".join(linked) + " — each is journaled; "
                     "<code>drctl report RUN_ID</code> shows it alone.</p>")
-    return _page(title, "\n".join(body))
+    return redact_text(_page(title, "\n".join(body)))
 
 
 # --- plans ---------------------------------------------------------------------------------------
@@ -384,7 +390,7 @@ def plan_html(plan: Plan, findings: Sequence[Finding] = (), verdicts: Mapping[st
                     f"<td class=\"num\">{_e(format_duration(worst) if worst is not None else '')}</td></tr>")
     rows.append("</table>")
     body.append("<h2>Steps</h2>" + "\n".join(rows))
-    return _page(f"{plan.operation} plan {plan.playbook}", "\n".join(body))
+    return redact_text(_page(f"{plan.operation} plan {plan.playbook}", "\n".join(body)))
 
 
 def plan_markdown(plan: Plan, findings: Sequence[Finding] = (), verdicts: Mapping[str, Verdict] | None = None) -> str:
@@ -401,13 +407,14 @@ def plan_markdown(plan: Plan, findings: Sequence[Finding] = (), verdicts: Mappin
                 if f.service == name:
                     lines.append(f"  - {f.level}: {f.check} {f.subject}: {render._md(f.detail)}")
         lines.append("")
-    return "\n".join(lines)
+    return redact_text("\n".join(lines))
 
 
 # --- Markdown for drills -------------------------------------------------------------------------
 
 
 def drill_markdown(drill: Mapping[str, Any]) -> str:
+    drill = redact(drill)
     t0 = float(drill["started"])
     lines = [f"# drill {drill['drill_id']}: {drill['status']}", "",
              f"Started {_ts(t0)}, took {format_duration(float(drill.get('finished') or t0) - t0)}, "
@@ -429,7 +436,7 @@ def drill_markdown(drill: Mapping[str, Any]) -> str:
         lines.append(f"| {s['service']} | {s['phase']} | {s['kind']} | {s['status']} "
                      f"| +{format_duration(max(float(s['started']) - t0, 0))} "
                      f"| {format_duration(s.get('elapsed_s') or 0)} | {render._md(s.get('detail', ''))} |")
-    return "\n".join(lines) + "\n"
+    return redact_text("\n".join(lines) + "\n")
 
 
 # --- JUnit XML -----------------------------------------------------------------------------------
@@ -481,11 +488,12 @@ def _junit(name: str, suites: dict[str, list[tuple[str, float, str, str]]], time
     root.set("errors", "0")
     root.set("time", f"{total_time:.3f}")
     ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return redact_text('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n")
 
 
 def run_junit(run: Mapping[str, Any]) -> str:
     """JUnit XML for a run: a testsuite per service, a testcase per step."""
+    run = redact(run)
     suites: dict[str, list[tuple[str, float, str, str]]] = {s: [] for s in run.get("services", {})}
     for a in run.get("actions", []):
         suites.setdefault(a["service"], []).append(
@@ -497,6 +505,7 @@ def run_junit(run: Mapping[str, Any]) -> str:
 def drill_junit(drill: Mapping[str, Any]) -> str:
     """JUnit XML for a drill: a testsuite per service; a testcase per step of the failover, the
     real-path checks and the failback, plus one each for the RTO and RPO targets."""
+    drill = redact(drill)
     services = drill.get("services") or {}
     suites: dict[str, list[tuple[str, float, str, str]]] = {s: [] for s in services}
     for s in drill_steps(drill):
@@ -552,7 +561,7 @@ def metrics_text(families: Sequence[tuple[str, str, str, list[Sample]]]) -> str:
         for labels, value in samples:
             lab = ",".join(f'{k}="{_label_value(v)}"' for k, v in sorted(labels.items()))
             out.append(f"{name}{{{lab}}} {_number(value)}" if lab else f"{name} {_number(value)}")
-    return "\n".join(out) + "\n"
+    return redact_text("\n".join(out) + "\n")
 
 
 def drill_metrics(drill: Mapping[str, Any]) -> str:

@@ -4,7 +4,9 @@
 ``timeout``, and returns the first success or the last failure. It never raises for an unhealthy
 target: the result says what was seen. Redirects are not followed (a 3xx is judged by
 ``expect_status``); proxies from the environment are not used; HTTPS certificates are verified.
-Credentials in a URL are sent as basic auth and never shown in a detail. Standard library only.
+Credentials in a URL are sent as basic auth and never shown in a detail: details show the URL
+without its userinfo, and with password-like query parameters masked (``shown_url``). Standard
+library only (and the pure ``drctl.core.redact``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import http.client
 import re
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from drctl.core.redact import redact_text
 from drctl.model.inventory import HealthCheck
 
 _BODY_LIMIT = 1024 * 1024
@@ -48,10 +52,20 @@ def _statuses(codes: list[int]) -> str:
     return ", ".join(out)
 
 
+def shown_url(url: str) -> str:
+    """``url`` as details and titles may show it: no userinfo (user names are often tokens too),
+    secrets in the query masked."""
+    parts = urlsplit(url)
+    return redact_text(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+
+
 def _http_once(hc: HealthCheck, url: str) -> tuple[bool, str]:
     parts = urlsplit(url)
-    shown = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")
-                           if parts.hostname else parts.netloc).geturl()
+    shown = shown_url(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return False, f"GET {shown}: the port is not a number"
     host = parts.hostname or ""
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     headers = {"User-Agent": "drctl-health", "Connection": "close", "Accept": "*/*"}
@@ -60,10 +74,10 @@ def _http_once(hc: HealthCheck, url: str) -> tuple[bool, str]:
         headers["Authorization"] = "Basic " + base64.b64encode(cred).decode()
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(host, parts.port, timeout=hc.timeout,
+        conn = http.client.HTTPSConnection(host, port, timeout=hc.timeout,
                                            context=ssl.create_default_context())
     else:
-        conn = http.client.HTTPConnection(host, parts.port, timeout=hc.timeout)
+        conn = http.client.HTTPConnection(host, port, timeout=hc.timeout)
     start = time.monotonic()
     try:
         conn.request("GET", path, headers=headers)
@@ -107,8 +121,9 @@ def _tcp_once(hc: HealthCheck, target: str) -> tuple[bool, str]:
     return True, f"tcp {target}: connected in {_ms(time.monotonic() - start)}"
 
 
-def check_health(hc: HealthCheck) -> HealthResult:
-    """Probe ``hc`` (see the module docstring); ok=False with a detail when unhealthy."""
+def check_health(hc: HealthCheck, *, cancel: threading.Event | None = None) -> HealthResult:
+    """Probe ``hc`` (see the module docstring); ok=False with a detail when unhealthy. The pause
+    between tries ends early when ``cancel`` is set (the run was interrupted)."""
     start = time.monotonic()
     detail = "no check defined"
     for attempt in range(1, hc.retries + 1):
@@ -118,10 +133,14 @@ def check_health(hc: HealthCheck) -> HealthResult:
             ok, detail = _tcp_once(hc, hc.tcp)
         else:
             ok = False
+        detail = redact_text(detail)
         if ok:
             return HealthResult(True, detail, time.monotonic() - start)
         if attempt < hc.retries:
-            time.sleep(hc.interval)
+            if cancel is None:
+                time.sleep(hc.interval)
+            elif cancel.wait(hc.interval):
+                break
     if hc.retries > 1:
         detail += f" ({hc.retries} tries, {hc.interval:g}s apart)"
     return HealthResult(False, detail, time.monotonic() - start)

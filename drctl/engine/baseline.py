@@ -11,7 +11,8 @@ One file per recording, ``<state>/baselines/<service>/<target>/<UTC time>.baseli
 Written to a temporary file, fsynced, renamed into place, and the directory fsynced: a crash
 leaves the old baselines and no partial one. The checksum is verified before a baseline is used;
 a damaged one is skipped (and the report says so) in favour of the next newest. The newest
-``KEEP`` baselines of a target are kept.
+``KEEP`` baselines of a target are kept. The header is redacted (``drctl.core.redact``): a
+location given as a connection string never stores its password.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from drctl.core.integrity import BaselineRef, Entry, RecordError, parse_record
+from drctl.core.redact import redact
 from drctl.engine.store import fsync_dir
 from drctl.errors import StepFailedError
 
@@ -61,7 +63,8 @@ class BaselineWriter:
         self.dir = baseline_dir(state_dir, service, target)
         self.keep = keep
         self.created = time.time()
-        self.header = {"service": service, "target": target, "kind": kind, "created": self.created, **meta}
+        self.header: dict[str, Any] = redact({"service": service, "target": target, "kind": kind,
+                                              "created": self.created, **meta})
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.path = self.dir / (_stamp(self.created) + SUFFIX)

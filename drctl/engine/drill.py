@@ -71,7 +71,9 @@ class DrillStore:
     def write(self, record: dict[str, Any]) -> Path:
         path = self.path(record["drill_id"])
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(record, indent=1, sort_keys=False, default=str) + "\n")
+        from drctl.core.redact import redact
+
+        write_atomic(path, json.dumps(redact(record), indent=1, sort_keys=False, default=str) + "\n")
         return path
 
     def read(self, drill_id: str) -> dict[str, Any]:

@@ -121,7 +121,9 @@ def check_readiness(ctx: Context, services: list[str], *, operation: str = "fail
 
         hc = svc.sites[target].health if target in svc.sites else None
         if hc is not None:
-            shown = hc.http or f"tcp {hc.tcp}"
+            from drctl.drivers.health import shown_url
+
+            shown = shown_url(hc.http) if hc.http else f"tcp {hc.tcp}"
             jobs.add(("health", name, target), partial(check_health, hc), partial(_judge_health, name, target, shown),
                      name, "health", target)
 

@@ -2,10 +2,13 @@
 
 This is the one narrow seam between the engine and storage:
 
-- ``RunStore.append(run_id, record)``: durable once it returns (written and fsynced);
-  ``RunStore.read(run_id)``; ``RunStore.list_runs()``;
+- ``RunStore.append(run_id, record)``: durable once it returns (written and fsynced), with every
+  secret masked (``drctl.core.redact``) whatever the caller put in the record; a journal that
+  cannot be written raises ``JournalError``; ``RunStore.read(run_id)``; ``RunStore.list_runs()``;
+  ``RunStore.close()`` never raises (every record was already fsynced);
 - ``LeaseStore.acquire(name, owner)`` -> ``Lease`` (``renew()``, ``release()``), or
-  ``LockHeldError`` naming the holder.
+  ``LockHeldError`` naming the holder, or ``LockWriteError`` when the lock cannot be written
+  (full disk, I/O error): nothing was changed.
 
 The local implementation keeps a JSONL file per run and an ``flock``-ed file per lease: the kernel
 drops the lock when the holding process dies, so a crash never leaves a service locked. A
@@ -14,8 +17,11 @@ distributed backend implements the same two classes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -26,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drctl.errors import LockHeldError, RunNotFoundError, StepFailedError, UsageError
+from drctl.core.redact import redact
+from drctl.errors import LockHeldError, LockWriteError, RunNotFoundError, StepFailedError, UsageError
+
+log = logging.getLogger("drctl.engine.store")
+
+#: errors of a full or failing disk (not of a wrong path or missing permission)
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z]+-[0-9a-f]{6}$")
 
@@ -96,6 +108,7 @@ class RunStore:
         try:
             return self._append(run_id, record)
         except OSError as e:
+            self._drop(run_id)
             raise JournalError(f"cannot write the journal {self.path(run_id)}: {e.strerror or e}; "
                                "stopped before the next change", hint="free space or fix permissions, "
                                f"then `drctl resume {run_id}`") from None
@@ -116,11 +129,21 @@ class RunStore:
                 else:
                     self._seq[run_id] = len(self.read(run_id))
             self._seq[run_id] += 1
-            rec = {"seq": self._seq[run_id], "ts": round(time.time(), 6), "run_id": run_id, **record}
-            f.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
+            rec = redact({"seq": self._seq[run_id], "ts": round(time.time(), 6), "run_id": run_id, **record})
+            f.write(json.dumps(rec, sort_keys=True, default=lambda o: redact(str(o))) + "\n")
             f.flush()
             os.fsync(f.fileno())
             return rec
+
+    def _drop(self, run_id: str) -> None:
+        """Forget the open file of a journal that failed to be written. What it still buffers is
+        thrown away with it (its close fails the way the write did, and is not reported twice);
+        the next append reopens the file, cuts a torn last line off and counts the records again."""
+        with self._lock:
+            f = self._files.pop(run_id, None)
+            self._seq.pop(run_id, None)
+        if f is not None:
+            _close_quietly(f, run_id)
 
     def read(self, run_id: str) -> list[dict[str, Any]]:
         path = self.path(run_id)
@@ -144,10 +167,22 @@ class RunStore:
         return sorted((p.stem for p in self.dir.glob("*.jsonl") if _RUN_ID.match(p.stem)), reverse=True)
 
     def close(self) -> None:
+        """Close every journal file. Never raises: each record was fsynced by its ``append``, so a
+        failing close loses nothing, and must not hide the error that stopped the run."""
         with self._lock:
-            for f in self._files.values():
-                f.close()
+            files = list(self._files.items())
             self._files.clear()
+        for run_id, f in files:
+            _close_quietly(f, run_id)
+
+
+def _close_quietly(f: Any, run_id: str) -> None:
+    """Close a journal file; a failure (flushing what a failed write left in the buffer) is
+    logged, not raised. The descriptor is released either way (io closes it in a ``finally``)."""
+    try:
+        f.close()
+    except (OSError, ValueError) as e:
+        log.debug("closing the journal of %s failed: %s", run_id, getattr(e, "strerror", None) or e)
 
 
 @dataclass
@@ -182,6 +217,10 @@ class LeaseStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if e.errno in _DISK_ERRNOS:
+                raise LockWriteError(f"cannot create the lock {path}: {e.strerror or e}; nothing was changed",
+                                     hint="free space in the state directory (--state-dir, DRCTL_STATE_DIR) "
+                                          "or fix the disk, then run again") from None
             raise UsageError(f"cannot create the lock {path}: {e.strerror or e}",
                              hint="check the state directory (--state-dir, DRCTL_STATE_DIR)") from None
         try:
@@ -194,9 +233,20 @@ class LeaseStore:
             raise LockHeldError(f"service {name} is locked by {who}",
                                 hint="wait for it to finish, or `drctl history` to see it") from None
         info = {**owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
-        os.fsync(fd)
+        data = json.dumps(redact(info)).encode()
+        try:
+            os.ftruncate(fd, 0)
+            view = memoryview(data)
+            while view:  # a short write (a nearly full disk) is followed by the write that says why
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no half-written holder record for `drctl history` to misread
+            os.close(fd)  # drops the flock too
+            raise LockWriteError(f"cannot write the lock {path}: {e.strerror or e}; nothing was changed",
+                                 hint="free space in the state directory (--state-dir, DRCTL_STATE_DIR) or fix "
+                                      "the disk, then run again") from None
         return Lease(name=name, owner=info, _fd=fd, _path=path)
 
     def acquire_all(self, names: list[str], owner: dict[str, Any]) -> list[Lease]:

@@ -398,3 +398,30 @@ def test_wait_dns_honours_sigterm_within_a_second(lab: LabInfo, tmp_path: Path) 
         lab.daemons["named-ns2"].resume()
     assert journal(state, run_id)[-1]["event"] == "run_finished"
 
+
+
+def test_resume_runs_commands_with_their_real_arguments_though_the_journal_masks_them(
+        lab: LabInfo, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    mark = lab.host_root("app2") / "secret-ok"
+    playbook = tmp_path / "secret.yaml"
+    playbook.write_text(yaml.safe_dump({
+        "version": 1, "name": "secret-args", "direction": "failover",
+        "steps": [{"kind": "flip_dns"},
+                  {"kind": "command", "site": "to", "argv": ["sleep", "5"], "timeout": "30s"},
+                  {"kind": "command", "site": "to", "timeout": "10s",
+                   "argv": ["sh", "-c", 'test "$1" = password=Zq9secret && touch "$2"', "sh", "password=Zq9secret",
+                            str(mark)]}]}))
+    proc = spawn("failover", "web", "--yes", "--playbook", str(playbook), state_dir=state, inventory=lab.inventory)
+    try:
+        run_id = wait_for(lambda: only_run_id(state), 30, "the run to start")
+        wait_for(lambda: any(r.get("event") == "action_started" and r.get("kind") == "command"
+                             for r in journal(state, run_id)), 30, "the first command")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert "Zq9secret" not in (state / "runs" / f"{run_id}.jsonl").read_text()
+    r = drctl("resume", run_id, "--yes", state_dir=state)
+    assert r.rc == 0, r.err
+    assert mark.exists()  # the command ran with the real argument, not the journal's mask
+    assert "Zq9secret" not in (state / "runs" / f"{run_id}.jsonl").read_text() + r.out + r.err

@@ -85,3 +85,75 @@ def test_a_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> No
     with pytest.raises(JournalError, match=f"cannot write the journal .*{run_id}") as err:
         RunStore(tmp_path).append(run_id, {"event": "run_started"})
     assert err.value.exit_code == 5 and f"drctl resume {run_id}" in (err.value.hint or "")
+
+
+def test_the_journal_never_holds_a_secret(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run_id = new_run_id("failover")
+    rec = store.append(run_id, {"event": "action_finished", "detail": "GET http://mon:S3cr3tPW1@db/health: ok",
+                                "data": {"password": "S3cr3tPW1", "conninfo": "host=db pass%77ord=S3cr3tPW1"},
+                                "argv": ["psql", "postgresql://app:S3cr3tPW1@db/app"]})
+    store.close()
+    text = store.path(run_id).read_text()
+    assert "S3cr3tPW1" not in text and "S3cr3tPW1" not in str(rec)
+    (back,) = RunStore(tmp_path).read(run_id)
+    assert back["detail"] == "GET http://mon:***@db/health: ok" and back["data"]["password"] == "***"
+
+
+def test_close_after_a_failed_write_does_not_hide_the_error(tmp_path: Path) -> None:
+    from drctl.engine.store import JournalError
+
+    store = RunStore(tmp_path)
+    run_id = new_run_id("failover")
+    store.append(run_id, {"event": "run_started"})
+    store._files[run_id].close()
+    store._files[run_id] = open("/dev/full", "a", encoding="utf-8")  # the disk fills up mid-run  # noqa: SIM115
+    with pytest.raises(JournalError, match="No space left on device"):
+        store.append(run_id, {"event": "action_started", "action": "a"})
+    store.close()  # what the failed write left in the buffer is not flushed again: no second error
+    store.close()
+    # room again: the run can be resumed, and the journal counts on from what it holds
+    again = RunStore(tmp_path)
+    again.append(run_id, {"event": "run_resumed"})
+    again.close()
+    assert [(r["seq"], r["event"]) for r in RunStore(tmp_path).read(run_id)] == [(1, "run_started"), (2, "run_resumed")]
+
+
+def test_a_journal_that_fills_up_is_a_journal_error_and_close_stays_quiet(tmp_path: Path) -> None:
+    """A real short write (RLIMIT_FSIZE in a child process): the first record fits, the second
+    does not; append raises JournalError once, close() raises nothing."""
+    code = (
+        "import resource, sys; from pathlib import Path\n"
+        "from drctl.engine.store import RunStore, JournalError\n"
+        f"store = RunStore(Path({str(tmp_path)!r})); run_id = '20260101T000000Z-failover-abcdef'\n"
+        "store.append(run_id, {'event': 'run_started', 'pad': 'x' * 100})\n"
+        "size = store.path(run_id).stat().st_size\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, size + 20))\n"
+        "try:\n"
+        "    store.append(run_id, {'event': 'action_started', 'pad': 'y' * 100})\n"
+        "except JournalError as e:\n"
+        "    print('journal error:', e.exit_code, e.message)\n"
+        "store.close()\n"
+        "print('closed')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "journal error: 5 cannot write the journal" in done.stdout and "File too large" in done.stdout
+    assert done.stdout.rstrip().endswith("closed") and done.stderr == ""
+
+
+def test_a_lock_that_cannot_be_written_is_refused_and_left_free(tmp_path: Path) -> None:
+    code = (
+        "import resource; from pathlib import Path\n"
+        "from drctl.engine.store import LeaseStore\n"
+        "from drctl.errors import LockWriteError\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))\n"
+        "try:\n"
+        f"    LeaseStore(Path({str(tmp_path)!r})).acquire('web', {{'run_id': 'R1', 'user': 'alice'}})\n"
+        "except LockWriteError as e:\n"
+        "    print(e.exit_code, e.message)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("4 cannot write the lock") and "File too large; nothing was changed" in done.stdout
+    leases = LeaseStore(tmp_path)
+    assert leases.held_by("web") is None and leases.holder("web") is None  # no lock held, no torn record
+    leases.acquire("web", {"run_id": "R2"}).release()
