@@ -65,9 +65,10 @@ class PlanFormat(StrEnum):
 
 
 def make_plan(inventory: Path, operation: str, services: list[str] | None, site: str | None,
-              playbook: Path | None) -> tuple[Any, Plan, Path]:
+              playbook: Path | None, state: Path | None = None) -> tuple[Any, Plan, Path]:
     from drctl.core.plan import build_plan, select_services
-    from drctl.engine.observe import observe
+    from drctl.engine.observe import measured_timings, observe
+    from drctl.engine.store import default_state_dir
     from drctl.model.load import builtin_playbook, load_playbook
 
     inv = load_inventory(inventory)
@@ -76,7 +77,7 @@ def make_plan(inventory: Path, operation: str, services: list[str] | None, site:
     if pb.direction != operation:
         raise UsageError(f"playbook {pb_path} is a {pb.direction} playbook, not a {operation} one")
     selected = select_services(inv, services or [], site)
-    facts = observe(inv, selected)
+    facts = observe(inv, selected, timings=measured_timings(state or default_state_dir(), operation))
     return inv, build_plan(inv, pb, selected, operation, facts), pb_path
 
 
@@ -90,13 +91,14 @@ def plan_cmd(
                                                                    "of a readiness check")] = True,
     json_out: JsonOpt = False,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
+    state: StateDirOpt = None,
 ) -> int:
     """Show the ordered actions a failover or failback would take, and what each changes from -> to.
 
     Reads current DNS answers and load-balancer states to show real "from" values; changes nothing.
     The md and html reports add expected durations and the findings of a readiness check.
     """
-    inv, plan, _ = make_plan(inventory, operation.value, services, site, playbook)
+    inv, plan, _ = make_plan(inventory, operation.value, services, site, playbook, state)
     if json_out or fmt is PlanFormat.json:
         ENV.stdout.write(render.to_json(plan.to_dict()) + "\n")
     elif fmt in (PlanFormat.md, PlanFormat.html):
@@ -121,7 +123,7 @@ def _operate(operation: str, services: list[str] | None, site: str | None, playb
     from drctl.engine.steps import Context
     from drctl.engine.store import LeaseStore, RunStore, new_run_id
 
-    inv, plan, pb_path = make_plan(inventory, operation, services, site, playbook)
+    inv, plan, pb_path = make_plan(inventory, operation, services, site, playbook, state)
     acked = _acknowledged(plan, accept_mass_change)
     down = _sites_down(inv, plan, site_down)
     sd = state_dir(state)

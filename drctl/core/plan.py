@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from drctl.core.redact import redact_text
 from drctl.errors import UsageError
 from drctl.model.inventory import CommandTraffic, HAProxyTraffic, Inventory, Service
 from drctl.model.playbook import MUTATING_KINDS, CommandStep, Playbook, WaitDns
@@ -88,6 +89,9 @@ class Plan:
     levels: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...] = ()
     inventory_digest: str = ""
+    preflight_s: float = 0.0  # the gate's floor: pre-flight checks and balancer pre-checks alongside it
+    converge_s: float = 0.0  # expected read-back of the world at the end
+    timings_from: str = ""  # the run whose measured step times the expectations come from, if any
 
     def actions(self) -> list[Action]:
         return [a for sp in self.services for a in sp.actions]
@@ -108,7 +112,7 @@ class Plan:
         every gate check at once; then each service's steps in order, starting when the gate is
         over and the services it depends on have finished."""
         out: list[tuple[Action, float, float]] = []
-        gate_end = t0
+        gate_end = t0 + self.preflight_s
         for a in self.actions():
             if a.gate:
                 out.append((a, t0, t0 + a.expected_s))
@@ -126,18 +130,25 @@ class Plan:
         return out
 
     def expected_duration_s(self) -> float:
-        return max((end for _, _, end in self.schedule()), default=0.0)
+        """The run's expected wall time, from the same model as the runner: the gate and the
+        pre-flight at once, then the dependency waves, then the read-back."""
+        if not self.services:
+            return 0.0
+        return max((end for _, _, end in self.schedule()), default=self.preflight_s) + self.converge_s
 
     def to_dict(self) -> dict[str, Any]:
         return {"operation": self.operation, "playbook": self.playbook, "notes": list(self.notes),
                 "inventory_digest": self.inventory_digest, "levels": [list(lv) for lv in self.levels],
                 "expected_duration_s": round(self.expected_duration_s(), 3),
+                "preflight_s": self.preflight_s, "converge_s": self.converge_s, "timings_from": self.timings_from,
                 "services": [sp.to_dict() for sp in self.services]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
         return cls(operation=d["operation"], playbook=d["playbook"], notes=tuple(d.get("notes", ())),
                    inventory_digest=d.get("inventory_digest", ""),
+                   preflight_s=float(d.get("preflight_s", 0.0)), converge_s=float(d.get("converge_s", 0.0)),
+                   timings_from=str(d.get("timings_from", "")),
                    levels=tuple(tuple(lv) for lv in d["levels"]),
                    services=tuple(ServicePlan.from_dict(s) for s in d["services"]))
 
@@ -148,6 +159,16 @@ class Facts:
 
     dns: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # (fqdn, type) -> values
     lb: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (balancer, backend, server) -> state
+    timings: dict[str, float] = field(default_factory=dict)  # step kind (or phase) -> measured seconds
+    timings_from: str = ""  # the run they were measured in
+
+
+#: what a step takes when nothing was measured yet (seconds; a healthy site on a near network):
+#: an SSH connect and one command; an HTTP request; one UPDATE; servers answering at once; a few
+#: balancer commands on a server already checked during the gate
+DEFAULT_EXPECTED_S = {"check_freshness": 0.3, "health_check": 0.05, "flip_dns": 0.02, "wait_dns": 0.05,
+                      "reroute_traffic": 0.05, "command": 0.5, "pause": 0.0, "verify_integrity": 1.0,
+                      "preflight": 0.3, "converge": 0.05}
 
 
 def inventory_digest(inv: Inventory) -> str:
@@ -175,16 +196,28 @@ def select_services(inv: Inventory, names: list[str], site: str | None, all_serv
 
 
 def dependency_levels(inv: Inventory, selected: list[str]) -> tuple[tuple[str, ...], ...]:
-    """Selected services grouped so each level depends only on earlier levels."""
-    remaining = set(selected)
+    """Selected services grouped so each level depends only on earlier levels (Kahn's algorithm,
+    level by level: linear in services and dependencies, however long a chain)."""
+    sel = set(selected)
+    waiting = {s: set(inv.services[s].depends_on) & sel for s in sel}
+    users: dict[str, list[str]] = {s: [] for s in sel}
+    for s, deps in waiting.items():
+        for d in deps:
+            users[d].append(s)
+    ready = sorted(s for s, deps in waiting.items() if not deps)
     levels: list[tuple[str, ...]] = []
-    while remaining:
-        ready = sorted(s for s in remaining
-                       if not (set(inv.services[s].depends_on) & remaining))
-        if not ready:  # cycles are rejected when the inventory loads; be defensive anyway
-            raise UsageError("dependency cycle among: " + ", ".join(sorted(remaining)))
+    while ready:
         levels.append(tuple(ready))
-        remaining -= set(ready)
+        nxt = []
+        for d in ready:
+            for s in users[d]:
+                waiting[s].discard(d)
+                if not waiting[s]:
+                    nxt.append(s)
+        ready = sorted(nxt)
+    left = sorted(s for s, deps in waiting.items() if deps)
+    if left:  # cycles are rejected when the inventory loads; be defensive anyway
+        raise UsageError("dependency cycle among: " + ", ".join(left))
     return tuple(levels)
 
 
@@ -230,7 +263,18 @@ def build_plan(inv: Inventory, playbook: Playbook, selected: list[str], operatio
                                          actions=tuple(actions)))
     return Plan(operation=operation, playbook=playbook.name, services=tuple(service_plans),
                 levels=dependency_levels(inv, selected), notes=tuple(dict.fromkeys(notes)),
-                inventory_digest=inventory_digest(inv))
+                inventory_digest=inventory_digest(inv),
+                preflight_s=round(facts.timings.get("gate", DEFAULT_EXPECTED_S["preflight"]), 4),
+                converge_s=_expected(facts, "converge"), timings_from=facts.timings_from)
+
+
+def _expected(facts: Facts, kind: str) -> float:
+    """A step's expected time: as measured in the last run when known, else the default model;
+    a service's steps also carry the pause between two steps (journal writes)."""
+    value = facts.timings.get(kind, DEFAULT_EXPECTED_S.get(kind, 0.1))
+    if kind in DEFAULT_EXPECTED_S and kind not in ("preflight", "converge", "gate"):
+        value += facts.timings.get("step_overhead", 0.005)
+    return round(value, 4)
 
 
 def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, frm: str, to: str,
@@ -245,18 +289,18 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
         if bc is None:
             notes.append(f"{name}: no backup check configured for site {site}; freshness not checked there")
             return None
-        where = f"{bc.path}/{bc.glob}" if bc.path else " ".join(bc.command or [])
+        where = f"{bc.path}/{bc.glob}" if bc.path else redact_text(" ".join(bc.command or []))
         return Action(**base, title=label or f"backup at {site} ({bc.host}:{where}) newer than "
-                      f"{_dur(bc.max_age)}", params={"site": site}, expected_s=0.5)
+                      f"{_dur(bc.max_age)}", params={"site": site}, expected_s=_expected(facts, kind))
     if kind == "health_check":
         site = to if step.site == "to" else frm
         hc = svc.sites[site].health if site in svc.sites else None
         if hc is None:
             notes.append(f"{name}: no health check configured for site {site}")
             return None
-        target = hc.http or f"tcp {hc.tcp}"
+        target = redact_text(hc.http) if hc.http else f"tcp {hc.tcp}"  # titles never show a password
         return Action(**base, title=label or f"{site} healthy: {target}", params={"site": site},
-                      expected_s=min(hc.timeout, 3.0))
+                      expected_s=_expected(facts, kind))
     if kind == "flip_dns":
         if not svc.dns:
             return None
@@ -268,7 +312,7 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
         noop = all(facts.dns.get((r.fqdn(), r.type)) == tuple(r.values_for(to)) for r in svc.dns)
         zones = sorted({r.zone.rstrip(".") for r in svc.dns})
         return Action(**base, title=label or f"DNS to {to}: one signed UPDATE per zone ({', '.join(zones)})",
-                      changes=tuple(changes), expected_s=0.05 * len(zones), noop=noop)
+                      changes=tuple(changes), expected_s=_expected(facts, kind), noop=noop)
     if kind == "wait_dns":
         if not svc.dns:
             return None
@@ -278,7 +322,7 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
         return Action(**base, title=label or f"every authoritative server ({', '.join(servers)}) answers "
                       f"the {to} values (clients follow within TTL {ttl}s)",
                       params={"timeout": step.timeout, "interval": step.interval, "ttl": ttl},
-                      expected_s=1.0)
+                      expected_s=_expected(facts, kind))
     if kind == "reroute_traffic":
         tr = svc.traffic
         if tr is None:
@@ -292,7 +336,7 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
             noop = all(facts.lb.get((tr.balancer, tr.backend, tr.servers[s])) == st
                        for s, st in ((to, "ready"), (frm, tr.mode)))
             return Action(**base, title=label or f"traffic to {to} via {tr.balancer} backend {tr.backend}",
-                          changes=tuple(changes), expected_s=0.1, noop=noop)
+                          changes=tuple(changes), expected_s=_expected(facts, kind), noop=noop)
         assert isinstance(tr, CommandTraffic)
         changes = []
         if frm in tr.deactivate:
@@ -303,7 +347,8 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
             changes.append(Change(what=f"{to} ({spec.host})", before="inactive", after="active"))
         if not changes:
             return None
-        return Action(**base, title=label or f"traffic to {to} by command", changes=tuple(changes), expected_s=1.0)
+        return Action(**base, title=label or f"traffic to {to} by command", changes=tuple(changes),
+                      expected_s=_expected(facts, kind))
     if kind == "command":
         assert isinstance(step, CommandStep)
         site = to if step.site == "to" else frm
@@ -314,9 +359,9 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
         subst = {"service": name, "from": frm, "to": to}
         argv = [_substitute(a, subst) for a in step.argv]
         on_unreachable = step.on_unreachable or ("skip" if step.site == "from" else "fail")
-        return Action(**base, title=label or f"on {host} ({site}): {' '.join(argv)}",
+        return Action(**base, title=label or f"on {host} ({site}): {redact_text(' '.join(argv))}",
                       params={"host": host, "argv": argv, "timeout": step.timeout, "on_unreachable": on_unreachable},
-                      expected_s=1.0)
+                      expected_s=_expected(facts, kind))
     if kind == "pause":
         return Action(**base, title=label or f"operator approval: {step.message}",
                       params={"message": step.message}, expected_s=0.0)
@@ -324,7 +369,7 @@ def _action_for(inv: Inventory, svc: Service, name: str, index: int, step: Any, 
         if not svc.integrity:
             return None
         return Action(**base, title=label or f"data of {svc.primary} and {svc.backup} match (policy {step.policy})",
-                      params={"policy": step.policy, "timeout": step.timeout}, expected_s=5.0)
+                      params={"policy": step.policy, "timeout": step.timeout}, expected_s=_expected(facts, kind))
     raise AssertionError(f"unhandled step kind {kind}")
 
 

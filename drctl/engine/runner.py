@@ -127,6 +127,7 @@ class Runner:
         self._abort: AbortedError | None = None
         self._gate_unanswered: dict[str, dict[str, Any]] = {}  # host -> the pre-flight's finding
         self._prewarmed: list[dict[str, Any]] = []  # balancer servers drained for the switch
+        self._phases: dict[str, float] = {}  # measured phases besides the steps (for the next plan)
         self._converge_warnings: list[str] = []
 
     # --- journal ---------------------------------------------------------------------------------
@@ -197,7 +198,8 @@ class Runner:
         result.warnings = list(dict.fromkeys(result.warnings))
         self._journal({"event": "run_finished", "status": result.status, "services": result.services,
                        "findings": result.findings, "message": result.message, "warnings": result.warnings,
-                       "left_sites": result.left_sites})
+                       "left_sites": result.left_sites, "phases": self._phases,
+                       "elapsed_s": round(result.finished - result.started, 3)})
         return result
 
     def _converge(self, result: RunResult) -> None:
@@ -208,6 +210,7 @@ class Runner:
         moved = [self.plan.service(n) for n, st in result.services.items() if st == "succeeded"]
         if not moved:
             return
+        t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(moved)), thread_name_prefix="converge") as pool:
             futures = [pool.submit(converge, self.ctx, sp, self._run_action) for sp in moved]
             self._wait_all(list(futures))
@@ -222,6 +225,7 @@ class Runner:
             if not c.ok:
                 result.services[c.service] = "failed"
                 failed.append(f"{c.service}: " + "; ".join(c.remaining))
+        self._phases["converge_s"] = round(time.monotonic() - t0, 3)
         if failed:
             result.message = "the world does not match the run's target after a repair: " + "; ".join(failed)
 
@@ -313,9 +317,12 @@ class Runner:
                                                                       for a in sp.actions)]
         if not services:
             return [], []
+        t0 = time.monotonic()
         found = check_readiness(self.ctx, services, operation=self.plan.operation, deadline_s=PREFLIGHT_DEADLINE_S,
                                 checks=PREFLIGHT_CHECKS)
-        self._journal({"event": "preflight", "findings": [f.to_dict() for f in found]})
+        self._phases["preflight_s"] = round(time.monotonic() - t0, 3)
+        self._journal({"event": "preflight", "findings": [f.to_dict() for f in found],
+                       "elapsed_s": self._phases["preflight_s"]})
         # one line per problem, naming every service it concerns (a host shared by three services
         # is one problem, said once)
         by_problem: dict[tuple[str, str, str], list[str]] = {}

@@ -120,3 +120,16 @@ def test_site_down_cannot_name_the_site_moved_to(lab: LabInfo, tmp_path: Path) -
     r = drctl("failover", "--site", "dc1", "--site-down", "dc2", "--yes", inventory=lab.inventory,
               state_dir=tmp_path / "state")
     assert r.rc == 2 and "moves services to that site" in r.err, r.err
+
+
+def test_the_plan_expects_what_the_last_run_measured(lab: LabInfo, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = drctl("failover", "--site", "dc1", "--yes", "--json", inventory=lab.inventory, state_dir=state)
+    assert first.rc == 0, first.err
+    back = drctl("failback", "--site", "dc1", "--yes", inventory=lab.inventory, state_dir=tmp_path / "other")
+    assert back.rc == 0, back.err
+    plan = drctl("plan", "failover", "--site", "dc1", "--json", inventory=lab.inventory, state_dir=state).json()
+    assert plan["timings_from"] == first.json()["run_id"]
+    run = drctl("failover", "--site", "dc1", "--yes", "--json", inventory=lab.inventory, state_dir=state).json()
+    ratio = plan["expected_duration_s"] / run["elapsed_s"]
+    assert 0.5 < ratio < 1.5, (plan["expected_duration_s"], run["elapsed_s"])  # +-30% on a quiet machine

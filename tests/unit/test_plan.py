@@ -76,3 +76,18 @@ def test_selection_errors(inv) -> None:  # type: ignore[no-untyped-def]
         select_services(inv, ["web"], "dc1")
     with pytest.raises(UsageError, match="unknown site"):
         select_services(inv, [], "dc7")
+
+
+def test_expected_duration_follows_the_measured_times_and_the_runner_model() -> None:
+    inv = load_inventory(Path(__file__).parents[2] / "inventory" / "example.yaml")
+    pb = load_playbook(builtin_playbook("failover"), inv)
+    names = sorted(inv.services)
+    timings = {"check_freshness": 0.2, "health_check": 0.01, "verify_integrity": 0.3, "flip_dns": 0.01,
+               "wait_dns": 0.02, "reroute_traffic": 0.03, "gate": 0.5, "step_overhead": 0.0, "converge": 0.04}
+    plan = build_plan(inv, pb, names, "failover", Facts(timings=timings, timings_from="RUN"))
+    assert plan.timings_from == "RUN"
+    # the gate (its measured floor), then each wave's steps one after another, then the read-back
+    waves = len(plan.levels)
+    per_wave = 0.01 + 0.02 + 0.03 + 0.01  # flip, wait, reroute, health after the switch
+    expected = 0.5 + waves * per_wave + 0.04
+    assert abs(plan.expected_duration_s() - expected) < 0.05, (plan.expected_duration_s(), expected)
