@@ -8,16 +8,57 @@ Pure pydantic models, frozen, no I/O. Unknown keys are errors everywhere. Cross 
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
+import reprlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
 from drctl.model.integrity import IntegrityTargets, integrity_reference_problems
-from drctl.units import parse_duration
+from drctl.units import MAX_DURATION, MAX_NET_TIMEOUT, MAX_TIMEOUT, parse_duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+def _duration(maximum: float, *, positive: bool = False) -> Any:
+    return BeforeValidator(lambda v: parse_duration(v, maximum=maximum, positive=positive))
+
+
+#: an age or an objective: 0 to 365 days
+Duration = Annotated[float, _duration(MAX_DURATION)]
+#: how long a step or a command may take: above 0, at most 30 days
+Timeout = Annotated[float, _duration(MAX_TIMEOUT, positive=True)]
+#: how long one network exchange may take: above 0, at most an hour
+NetTimeout = Annotated[float, _duration(MAX_NET_TIMEOUT, positive=True)]
+#: a pause between tries: 0 to an hour
+Interval = Annotated[float, _duration(MAX_NET_TIMEOUT)]
+#: an integer written as one: never a YAML boolean, a float or a quoted string
+Int = Annotated[int, Strict()]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+
+
+def _version(value: Any) -> Any:
+    if type(value) is not int:  # a Literal takes True or 1.0 for 1
+        raise ValueError(f"expected version: 1, got {_short(value)}")
+    return value
+
+
+#: the file format's version
+Version = Annotated[Literal[1], BeforeValidator(_version)]
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 80, 80, 4, 4, 2
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to a readable length (cheap for huge values)."""
+    return _REPR.repr(value)
+
+
 def _argv(value: Any) -> Any:
     """Command arguments as YAML writes them: numbers become text (``[sleep, 5]``); a bare
     true/false/null is almost certainly a mistake, so it must be quoted."""
@@ -31,10 +72,132 @@ def _argv(value: Any) -> Any:
     return value
 
 
-Argv = Annotated[list[str], BeforeValidator(_argv)]
+def _check_argv(argv: list[str]) -> list[str]:
+    if not argv:
+        raise ValueError("give at least the program to run, e.g. [systemctl, restart, app]")
+    if not argv[0].strip():
+        raise ValueError("the first argument, the program to run, is empty")
+    for a in argv:
+        if "\0" in a:
+            raise ValueError(f"argument {_short(a)} contains a NUL character")
+    return argv
+
+
+Argv = Annotated[list[str], BeforeValidator(_argv), AfterValidator(_check_argv)]
 _HOSTNAME = re.compile(r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
                        r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$")
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+def _is_dns_name(text: str, *, wildcard: bool = False) -> bool:
+    """A syntactically valid DNS name (at most 253 characters; ``*.`` first only if ``wildcard``)."""
+    return (len(text.rstrip(".")) <= 253 and bool(_HOSTNAME.match(text))
+            and (wildcard or not text.startswith("*.")))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _address(value: str) -> str:
+    if not (_is_ip(value) or _is_dns_name(value)):
+        raise ValueError(f"{_short(value)} is not a host name or an IP address")
+    return value
+
+
+def _zone_name(value: str) -> str:
+    if not _is_dns_name(value) or value in ("", "."):
+        raise ValueError(f"{_short(value)} is not a valid zone name (e.g. example.com)")
+    return value
+
+
+def _dns_name(value: str) -> str:
+    if not _is_dns_name(value):
+        raise ValueError(f"{_short(value)} is not a valid DNS name")
+    return value
+
+
+def _no_blank(value: str) -> str:
+    """User names, socket paths: non-empty, no whitespace or control characters."""
+    if not value or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{_short(value)}: expected a non-empty value without spaces or control characters")
+    return value
+
+
+def _path(value: Any) -> Any:
+    """A local file path: not empty, no NUL (checked before pydantic makes it a Path)."""
+    text = str(value) if isinstance(value, Path) else value
+    if isinstance(text, str) and (not text.strip() or "\0" in text):
+        raise ValueError(f"{_short(text)} is not a file path: expected a non-empty path without NUL characters")
+    return value
+
+
+def _remote_path(value: str) -> str:
+    """A path or glob on a host: not empty, no NUL or newline (they go into a remote command)."""
+    if not value.strip() or "\0" in value or "\n" in value:
+        raise ValueError(f"{_short(value)}: expected a non-empty path or glob without NUL or newline characters")
+    return value
+
+
+def _host_port(value: str) -> str:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` with a port of 1-65535."""
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:([0-9]{1,5})$", value) or re.match(r"^([^:\[\]]+):([0-9]{1,5})$", value)
+    if not m or not (_is_ip(m.group(1)) or _is_dns_name(m.group(1))) or (":" in m.group(1) and "[" not in value):
+        raise ValueError(f"{_short(value)}: expected HOST:PORT (e.g. 10.0.0.5:5432 or [2001:db8::5]:5432)")
+    if not 1 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"{_short(value)}: the port must be 1-65535")
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_url(value: str) -> str:
+    """An http:// or https:// URL with a valid host, a port of 1-65535 if any, no whitespace."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{_short(value)}: a URL cannot contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(f"{_short(value)}: expected http(s)://HOST[:PORT]/PATH with a port of 1-65535") from None
+    if parts.scheme not in ("http", "https") or not value.lower().startswith(("http://", "https://")):
+        raise ValueError(f"{_short(value)}: expected an http:// or https:// URL")
+    if not host or not (_is_ip(host) or _is_dns_name(host)):
+        raise ValueError(f"{_short(value)}: expected a host name or IP address after {parts.scheme}://")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{_short(value)}: the port must be 1-65535")
+    return value
+
+
+def _admin(value: str) -> str:
+    """A HAProxy runtime API address: ``tcp://HOST:PORT`` or ``unix:///path/to/socket``."""
+    expected = "expected tcp://HOST:PORT or unix:///path/to/socket"
+    if value.startswith("tcp://"):
+        try:
+            _host_port(value[len("tcp://"):])
+        except ValueError as e:
+            raise ValueError(f"{expected}: {e}") from None
+    elif value.startswith("unix:///"):
+        try:
+            _no_blank(value[len("unix://"):])
+        except ValueError as e:
+            raise ValueError(f"{expected}: {e}") from None
+    else:
+        raise ValueError(f"{expected}, got {_short(value)}")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+ZoneName = Annotated[str, AfterValidator(_zone_name)]
+LocalPath = Annotated[Path, BeforeValidator(_path)]
+RemotePath = Annotated[str, AfterValidator(_remote_path)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+#: a HAProxy backend or server name (letters, digits, ``-_.:``): it goes into runtime API commands
+HAProxyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$", max_length=128)]
 
 
 class _Model(BaseModel):
@@ -47,12 +210,12 @@ class _Model(BaseModel):
 class Host(_Model):
     """A machine drctl reaches over SSH."""
 
-    address: str
-    port: int = Field(22, ge=1, le=65535)
-    user: str | None = None
-    key: Path | None = None
-    known_hosts: Path | None = None
-    connect_timeout: Duration = 5.0
+    address: Address
+    port: Port = 22
+    user: Annotated[str, AfterValidator(_no_blank)] | None = None
+    key: LocalPath | None = None
+    known_hosts: LocalPath | None = None
+    connect_timeout: NetTimeout = 5.0
 
 
 class Site(_Model):
@@ -67,9 +230,10 @@ class TsigRef(_Model):
     """A TSIG key, never inline: a file as ``tsig-keygen`` writes it, or an env var holding the
     same text (or ``name:algorithm:secret``)."""
 
-    file: Path | None = None
-    env: str | None = None
-    name: str | None = None
+    file: LocalPath | None = None
+    env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)
+    name: Annotated[str, AfterValidator(_dns_name)] | None = Field(
+        None, description="the key's name (a DNS name), when the source holds several")
 
     @model_validator(mode="after")
     def _one_source(self) -> TsigRef:
@@ -79,9 +243,9 @@ class TsigRef(_Model):
 
 
 class DnsServer(_Model):
-    address: str
-    port: int = Field(53, ge=1, le=65535)
-    timeout: Duration = 3.0
+    address: Address
+    port: Port = 53
+    timeout: NetTimeout = 3.0
 
 
 class Zone(_Model):
@@ -98,14 +262,8 @@ class Zone(_Model):
 
 class LoadBalancer(_Model):
     kind: Literal["haproxy"] = "haproxy"
-    admin: str = Field(description="tcp://HOST:PORT or unix:///path/to/admin.sock")
-    timeout: Duration = 3.0
-
-    @model_validator(mode="after")
-    def _admin_url(self) -> LoadBalancer:
-        if not re.match(r"^(tcp://[^/:]+:\d+|tcp://\[[0-9a-fA-F:]+\]:\d+|unix:///.+)$", self.admin):
-            raise ValueError("admin must be tcp://HOST:PORT or unix:///path/to/socket")
-        return self
+    admin: Annotated[str, AfterValidator(_admin)] = Field(description="tcp://HOST:PORT or unix:///path/to/admin.sock")
+    timeout: NetTimeout = 3.0
 
 
 # --- services ------------------------------------------------------------------------------------
@@ -115,10 +273,10 @@ class BackupCheck(_Model):
     """Where a site's copy of the service's backup lives and how old it may be."""
 
     host: Name
-    path: str | None = None
-    glob: str = "*"
+    path: RemotePath | None = None
+    glob: RemotePath = "*"
     command: Argv | None = Field(None, description="argv printing a timestamp (epoch or ISO 8601)")
-    max_age: Duration = Field(description="RPO: the newest backup may not be older than this")
+    max_age: Duration = Field(description="RPO: the newest backup may not be older than this (at most 365d)")
 
     @model_validator(mode="after")
     def _path_or_command(self) -> BackupCheck:
@@ -130,22 +288,19 @@ class BackupCheck(_Model):
 
 
 class HealthCheck(_Model):
-    http: str | None = None
-    tcp: str | None = Field(None, description="HOST:PORT")
-    expect_status: list[int] = Field(default_factory=lambda: list(range(200, 400)))
+    http: HttpUrl | None = None
+    tcp: Annotated[str, AfterValidator(_host_port)] | None = Field(None, description="HOST:PORT")
+    expect_status: list[Annotated[int, Strict(), Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: list(range(200, 400)), min_length=1, description="HTTP status codes (100-599)")
     expect_body: str | None = None
-    timeout: Duration = 3.0
-    retries: int = Field(3, ge=1, le=100)
-    interval: Duration = 1.0
+    timeout: NetTimeout = 3.0
+    retries: Int = Field(3, ge=1, le=100)
+    interval: Interval = 1.0
 
     @model_validator(mode="after")
     def _one(self) -> HealthCheck:
         if (self.http is None) == (self.tcp is None):
             raise ValueError("give exactly one of `http` (a URL) or `tcp` (HOST:PORT)")
-        if self.http is not None and not re.match(r"^https?://", self.http):
-            raise ValueError("`http` must be an http:// or https:// URL")
-        if self.tcp is not None and not re.match(r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d+$", self.tcp):
-            raise ValueError("`tcp` must be HOST:PORT")
         return self
 
 
@@ -157,16 +312,14 @@ class ServiceSite(_Model):
 
 
 class DnsRecord(_Model):
-    zone: str
+    zone: ZoneName
     name: str = Field(description="relative to the zone, '@' for the apex, or a fully qualified name")
     type: Literal["A", "AAAA", "CNAME", "TXT"] = "A"
-    ttl: int = Field(60, ge=0, le=604800)
+    ttl: Int = Field(60, ge=0, le=604800)
     values: dict[Name, str | list[str]] = Field(description="site -> value(s) served when it is active")
 
     @model_validator(mode="after")
     def _valid_values(self) -> DnsRecord:
-        import ipaddress
-
         for site, v in self.values.items():
             values = [v] if isinstance(v, str) else v
             if not values:
@@ -174,18 +327,13 @@ class DnsRecord(_Model):
             if self.type == "CNAME" and len(values) != 1:
                 raise ValueError(f"values.{site}: a CNAME has exactly one target")
             for value in values:
-                try:
-                    if self.type == "A":
-                        ipaddress.IPv4Address(value)
-                    elif self.type == "AAAA":
-                        ipaddress.IPv6Address(value)
-                except ValueError:
-                    raise ValueError(f"values.{site}: {value!r} is not an {'IPv4' if self.type == 'A' else 'IPv6'} "
-                                     "address") from None
-                if self.type == "CNAME" and not _HOSTNAME.match(value):
-                    raise ValueError(f"values.{site}: {value!r} is not a host name")
-        if not (self.name in ("@", "") or _HOSTNAME.match(self.name)):
-            raise ValueError(f"name {self.name!r} is not a valid DNS name")
+                problem = _record_value_problem(self.type, value)
+                if problem:
+                    raise ValueError(f"values.{site}: {_short(value)} {problem}")
+        if not (self.name in ("@", "") or _is_dns_name(self.name, wildcard=True)):
+            raise ValueError(f"name {_short(self.name)} is not a valid DNS name")
+        if len(self.fqdn()) > 254:
+            raise ValueError(f"{_short(self.fqdn())} is longer than a DNS name may be (253 characters)")
         return self
 
     def values_for(self, site: str) -> list[str]:
@@ -201,14 +349,52 @@ class DnsRecord(_Model):
         return f"{self.name}.{zone}."
 
 
+def _record_value_problem(rtype: str, value: str) -> str | None:
+    """What is wrong with one value of a record of type ``rtype``, or None."""
+    if rtype == "A":
+        return None if _is_ipv(value, ipaddress.IPv4Address) else "is not an IPv4 address"
+    if rtype == "AAAA":
+        return None if _is_ipv(value, ipaddress.IPv6Address) else "is not an IPv6 address"
+    if rtype == "CNAME":
+        if _is_ip(value):
+            return "is an IP address: a CNAME target is a host name (use an A or AAAA record for an address)"
+        return None if _is_dns_name(value) else "is not a host name"
+    return _txt_problem(value)
+
+
+def _is_ipv(value: str, kind: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]) -> bool:
+    try:
+        kind(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _txt_problem(value: str) -> str | None:
+    """A TXT value as the DNS driver sends it: quoted unless it already is, each string <= 255 bytes."""
+    import dns.exception
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    text = value.strip()
+    if not text.startswith('"'):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    try:
+        dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, text)
+    except (dns.exception.DNSException, ValueError) as e:
+        return f"is not a valid TXT value ({e}); each string is at most 255 bytes"
+    return None
+
+
 class HAProxyTraffic(_Model):
     kind: Literal["haproxy"] = "haproxy"
     balancer: Name
-    backend: str
-    servers: dict[Name, str] = Field(description="site -> HAProxy server name in the backend")
+    backend: HAProxyName
+    servers: dict[Name, HAProxyName] = Field(description="site -> HAProxy server name in the backend")
     mode: Literal["maint", "drain"] = Field("maint", description="what the site moved away from becomes")
-    frontend: str | None = Field(
-        None, pattern=r"^https?://",
+    frontend: HttpUrl | None = Field(
+        None,
         description="URL of the service through this balancer; drills fetch it after each switch and expect "
                     "what the active site's health check expects")
 
@@ -225,7 +411,7 @@ class CommandTraffic(_Model):
 class CommandSpec(_Model):
     host: Name
     argv: Argv = Field(min_length=1)
-    timeout: Duration = 60.0
+    timeout: Timeout = 60.0
 
 
 Traffic = Annotated[HAProxyTraffic | CommandTraffic, Field(discriminator="kind")]
@@ -253,12 +439,25 @@ class Service(_Model):
         return self.backup if site == self.primary else self.primary
 
 
+def _state_spec(value: str) -> str:
+    """``etcd://HOST:PORT[,HOST:PORT...]/PREFIX`` (``drctl.core.statespec``); the reason otherwise."""
+    from drctl.core.statespec import parse_state_spec
+
+    parse_state_spec(value)
+    return value
+
+
+#: where runs keep their lock and journal, when not in the state directory
+StateSpec = Annotated[str, Field(max_length=2048), AfterValidator(_state_spec)]
+
+
 class Inventory(_Model):
-    version: Literal[1] = 1
+    version: Version = 1
     name: str = "inventory"
+    state: StateSpec | None = None
     sites: dict[Name, Site]
     dns_servers: dict[Name, DnsServer] = Field(default_factory=dict)
-    zones: dict[str, Zone] = Field(default_factory=dict)
+    zones: dict[ZoneName, Zone] = Field(default_factory=dict)
     load_balancers: dict[Name, LoadBalancer] = Field(default_factory=dict)
     services: dict[Name, Service]
 
@@ -299,6 +498,7 @@ class Inventory(_Model):
                     path: tuple[str | int, ...] = ("zones", zname, "primary") if i == 0 else (
                         "zones", zname, "servers", i - 1)
                     problems.append((path, f"unknown DNS server {srv!r}; known: {_known(self.dns_servers)}"))
+        zones = {z.rstrip(".") for z in self.zones}
         record_owner: dict[tuple[str, str], str] = {}
         for sname, svc in self.services.items():
             base: tuple[str | int, ...] = ("services", sname)
@@ -320,7 +520,7 @@ class Inventory(_Model):
                     problems.append(((*base, "sites", site_name, "backup", "host"),
                                      f"unknown host {ss.backup.host!r}; known: {_known(host_site)}"))
             for i, rec in enumerate(svc.dns):
-                if rec.zone.rstrip(".") not in {z.rstrip(".") for z in self.zones}:
+                if rec.zone.rstrip(".") not in zones:
                     problems.append(((*base, "dns", i, "zone"),
                                      f"unknown zone {rec.zone!r}; known: {_known(self.zones)}"))
                 if rec.name.endswith(".") and not (rec.name.rstrip(".") + ".").endswith(rec.zone.rstrip(".") + "."):
@@ -356,40 +556,42 @@ class Inventory(_Model):
         cycle = find_cycle({s: [d for d in v.depends_on if d in self.services and d != s]
                             for s, v in self.services.items()})
         if cycle:
-            problems.append((("services", cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(cycle)))
+            shown = cycle if len(cycle) <= 12 else [*cycle[:6], f"... ({len(cycle) - 11} more)", *cycle[-5:]]
+            problems.append((("services", cycle[0], "depends_on"), "dependency cycle: " + " -> ".join(shown)))
         return problems
 
 
-def _known(d: Any) -> str:
+def _known(d: Any, limit: int = 12) -> str:
+    """The names defined, sorted, at most ``limit`` of them (messages stay short in big inventories)."""
     names = sorted(d)
-    return ", ".join(names) if names else "(none defined)"
+    if not names:
+        return "(none defined)"
+    more = len(names) - limit
+    return ", ".join(names[:limit]) + (f", ... ({more} more)" if more > 0 else "")
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A cycle in a dependency graph as [a, b, ..., a], or None."""
+    """A cycle in a dependency graph as [a, b, ..., a], or None. Iterative: a chain of any length
+    is walked without recursion."""
     WHITE, GREY, BLACK = 0, 1, 2
     color = dict.fromkeys(graph, WHITE)
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        color[n] = GREY
-        stack.append(n)
-        for d in graph.get(n, []):
-            if color.get(d) == GREY:
-                return stack[stack.index(d):] + [d]
-            if color.get(d) == WHITE:
-                found = visit(d)
-                if found:
-                    return found
-        stack.pop()
-        color[n] = BLACK
-        return None
-
-    for n in sorted(graph):
-        if color[n] == WHITE:
-            found = visit(n)
-            if found:
-                return found
+    for start in sorted(graph):
+        if color[start] != WHITE:
+            continue
+        path: list[str] = [start]  # the GREY nodes, in order
+        todo: list[Iterator[str]] = [iter(graph.get(start, []))]
+        color[start] = GREY
+        while todo:
+            d = next(todo[-1], None)
+            if d is None:
+                todo.pop()
+                color[path.pop()] = BLACK
+            elif color.get(d) == GREY:
+                return path[path.index(d):] + [d]
+            elif color.get(d) == WHITE:
+                color[d] = GREY
+                path.append(d)
+                todo.append(iter(graph.get(d, [])))
     return None
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drctl.model.inventory import Argv, Duration, Name
+from drctl.model.inventory import Argv, Interval, Name, Timeout, Version
 
 SiteRole = Literal["from", "to"]
 
@@ -49,8 +49,8 @@ class WaitDns(_Step):
     """Every authoritative server of each zone answers the new values."""
 
     kind: Literal["wait_dns"]
-    timeout: Duration = 60.0
-    interval: Duration = 0.2
+    timeout: Timeout = 60.0
+    interval: Interval = Field(0.2, description="between rounds of queries")
 
 
 class RerouteTraffic(_Step):
@@ -67,7 +67,7 @@ class CommandStep(_Step):
     site: SiteRole = "to"
     host: Name | None = Field(None, description="default: the host holding the site's backup")
     argv: Argv = Field(min_length=1)
-    timeout: Duration = 60.0
+    timeout: Timeout = 60.0
     on_unreachable: Literal["skip", "fail"] | None = Field(
         None, description="default: skip when the site is `from` (it may be gone), fail when `to`")
 
@@ -84,7 +84,7 @@ class VerifyIntegrity(_Step):
 
     kind: Literal["verify_integrity"]
     policy: Literal["block", "warn"] = "block"
-    timeout: Duration = Field(600.0, description="the step gives up after this (a half-dead host must not "
+    timeout: Timeout = Field(600.0, description="the step gives up after this (a half-dead host must not "
                                                  "hold a failover): a failure with `block`, a warning with `warn`")
 
 
@@ -102,7 +102,7 @@ MUTATING_KINDS = frozenset({"flip_dns", "reroute_traffic", "command"})
 class Playbook(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = 1
+    version: Version = 1
     name: str
     description: str = ""
     direction: Literal["failover", "failback"] = "failover"
