@@ -2,7 +2,8 @@
 
 Prints wall time per run, the gate's share, SSH logins per host (one connection per host is
 reused by every step of a run), and DNS UPDATEs sent (SOA serial delta). Last line: one JSON
-object. Usage: python bench/bench_failover.py [--services N]
+object. Usage: python bench/bench_failover.py [--services N] [--etcd] (--etcd: locks and journals
+in the lab's 3-member etcd cluster instead of the state directory)
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def logins(lab_json: Path) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--services", type=int, default=40, help="extra services besides the lab's three")
+    ap.add_argument("--etcd", action="store_true", help="keep locks and journals in the lab's etcd cluster")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="drctl-bench-") as tmp:
-        lab = lab_up(Path(tmp) / "lab")
+        lab = lab_up(Path(tmp) / "lab", etcd=args.etcd)
         try:
             inv = yaml.safe_load(lab.inventory.read_text())
             web = inv["services"]["web"]
@@ -56,7 +58,8 @@ def main() -> None:
             env_state = str(Path(tmp) / "state")
             serials0 = (lab.soa_serial("example.test"), lab.soa_serial("internal.test"))
             logins0 = logins(lab.dir / "lab.json")
-            figures: dict[str, float | int] = {"services": len(inv["services"])}
+            figures: dict[str, float | int | str] = {"services": len(inv["services"]),
+                                                     "state": "etcd" if args.etcd else "dir"}
             for op in ("failover", "failback"):
                 t0 = time.perf_counter()
                 done = subprocess.run([sys.executable, "-m", "drctl", op, "--site", "dc1", "--yes", "--json",

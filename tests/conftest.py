@@ -7,6 +7,8 @@
   ``.http_get_frontend``, ``.haproxy_state``, ``.host_root``...).
 - ``start_daemon``: start any ``drctl.lab.servers`` daemon; it is stopped after the test.
 - ``ssh_server``, ``tsig_key``, ``dns_pair``, ``http_origin``: single servers for driver tests.
+- ``etcd_cluster``: a 3-member etcd cluster (``EtcdCluster``: members etcd-1..3, ``.spec(...)``),
+  shared by a test module; a test that stops or pauses a member starts or resumes it again.
 
 Tests that start servers carry ``pytest.mark.servers`` (added automatically for the fixtures
 above). When a server binary is missing they fail and say to run ``make deps``; they never skip.
@@ -21,9 +23,10 @@ from typing import TypeVar
 import pytest
 
 from drctl.lab.lab import LabInfo, lab_down, lab_status, lab_up
-from drctl.lab.servers import Daemon, HttpOrigin, NamedServer, SshServer, pid_gone, write_tsig_key
+from drctl.lab.servers import Daemon, EtcdCluster, HttpOrigin, NamedServer, SshServer, pid_gone, write_tsig_key
 
-SERVER_FIXTURES = {"lab", "start_daemon", "module_daemons", "ssh_server", "tsig_key", "dns_pair", "http_origin"}
+SERVER_FIXTURES = {"lab", "start_daemon", "module_daemons", "ssh_server", "tsig_key", "dns_pair", "http_origin",
+                   "etcd_cluster"}
 
 D = TypeVar("D", bound=Daemon)
 
@@ -97,6 +100,19 @@ def start_daemon() -> Iterator[Callable[[D], D]]:
 def module_daemons() -> Iterator[Callable[[D], D]]:
     """Like ``start_daemon``, for daemons shared by a whole test module."""
     yield from _daemon_starter()
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A 3-member etcd cluster on 127.0.0.1 for a test module (about a second to start)."""
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        left = [m.name for m in cluster.members if m.alive() or (m.pid is not None and not pid_gone(m.pid))]
+        assert not left, f"still running after stop: {left}"
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from drctl.lab.lab import LabError, LabInfo, lab_down, lab_status, lab_up
+from drctl.errors import LabError
+from drctl.lab.lab import LabInfo, lab_down, lab_status, lab_up
 from drctl.lab.servers import (
     Backend,
     HAProxyServer,

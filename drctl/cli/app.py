@@ -1,7 +1,8 @@
 """The ``drctl`` command: registers the commands and turns every error into an exit code.
 
-One place maps exceptions to exit codes (``drctl.errors``); a traceback is shown only with
-``--debug``. Commands return their exit code.
+One place maps exceptions to exit codes (``drctl.errors``: ``ExitStatus``, from which the
+``--help`` epilog is made too); a traceback is shown only with ``--debug``. Commands return their
+exit code.
 """
 
 from __future__ import annotations
@@ -17,17 +18,15 @@ from drctl import __version__
 from drctl.cli import check, drill, lab, report, run, status, verify
 from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt
 from drctl.core import render
-from drctl.errors import ConfigError, DrctlError
+from drctl.errors import ConfigError, DrctlError, ExitStatus
 
-EXIT_LABELS = {0: "ok", 1: "internal error", 2: "usage", 3: "invalid inventory/playbook",
-               4: "refused (nothing changed)", 5: "step failed (resumable)", 6: "integrity mismatch",
-               7: "not ready / target missed", 8: "run not found", 130: "aborted"}
+EPILOG = "Exit codes: " + ", ".join(f"{int(s)} {s.summary}" for s in ExitStatus) + ". See README.md."
 
 
 app = typer.Typer(
     name="drctl",
     help="Disaster-recovery failover: check backups, flip DNS, reroute traffic, verify data, with a journal.",
-    epilog="Exit codes: " + ", ".join(f"{k} {v}" for k, v in EXIT_LABELS.items()) + ". See README.md.",
+    epilog=EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
@@ -119,17 +118,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         ENV.err.print("aborted")
-        sys.exit(130)
+        sys.exit(ExitStatus.ABORTED)
     except typer.TyperException as e:  # bad arguments and options
         show = getattr(e, "show", None)
         if show is not None:
             show(file=ENV.stderr)
         else:
             ENV.err.print(f"Error: {e.format_message()}", markup=False)
-        sys.exit(2)
+        sys.exit(ExitStatus.USAGE)
     except KeyboardInterrupt:
         ENV.err.print("interrupted; the journal records how far the run got (`drctl history`)")
-        sys.exit(130)
+        sys.exit(ExitStatus.ABORTED)
     except DrctlError as e:
         if debug:
             raise
@@ -151,5 +150,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         ENV.err.print(f"drctl: internal error: {type(e).__name__}: {e} (run with --debug for a traceback)",
                       markup=False)
-        sys.exit(1)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        sys.exit(ExitStatus.INTERNAL)
+    sys.exit(rv if isinstance(rv, int) else ExitStatus.OK)

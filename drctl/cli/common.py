@@ -23,15 +23,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from drctl.api import inventory_state as inventory_state  # the API's, by the names the commands use
+from drctl.api import load as load_inventory  # noqa: F401
+from drctl.api import open_state as open_state
 from drctl.core.redact import redact_text
-from drctl.engine.store import default_state_dir, ensure_state_dir
 from drctl.errors import AbortedError, UsageError
 from drctl.units import format_duration
 
 if TYPE_CHECKING:  # the models cost ~120 ms to import: only the commands that load an inventory pay it
     from drctl.core.plan import Action
     from drctl.engine.steps import Outcome
-    from drctl.model.inventory import Inventory
 
 
 class RedactingStream:
@@ -101,25 +102,19 @@ StateDirOpt = Annotated[Path | None, typer.Option("--state-dir", envvar="DRCTL_S
                                                   help="where journals, locks and baselines live "
                                                        "[env: DRCTL_STATE_DIR; default: $XDG_STATE_HOME/drctl "
                                                        "or ~/.local/state/drctl]")]
+StateOpt = Annotated[str | None, typer.Option(
+    "--state", envvar="DRCTL_STATE", metavar="SPEC",
+    help="keep locks, journals and the baselines' index in an etcd cluster: etcd://HOST:PORT[,HOST:PORT...]/PREFIX "
+         "(etcds:// for TLS); `dir`: the state directory, whatever the inventory says "
+         "[env: DRCTL_STATE; default: the inventory's state:, else the state directory]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable JSON on stdout")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask: approve confirmations and pauses")]
 DEFAULT_INVENTORY = Path("inventory/inventory.yaml")
-
-
-def load_inventory(path: Path) -> Inventory:
-    from drctl.errors import ConfigError
-    from drctl.model.load import load_inventory as _load
-
-    try:
-        return _load(path)
-    except ConfigError as e:
-        if not path.exists():
-            e.hint = "pass --inventory FILE or set DRCTL_INVENTORY (`drctl lab up` prints a lab's inventory)"
-        raise
-
-
-def state_dir(path: Path | None) -> Path:
-    return ensure_state_dir(path or default_state_dir())
+#: commands that do not plan (history, resume, report) read only the inventory's ``state:`` key
+StateInventoryOpt = Annotated[Path | None, typer.Option(
+    "--inventory", "-i", envvar="DRCTL_INVENTORY", show_default=False,
+    help="an inventory whose state: key says where the runs are (default: inventory/inventory.yaml if it "
+         "exists) [env: DRCTL_INVENTORY]")]
 
 
 def check_output_path(option: str, path: Path | None) -> None:

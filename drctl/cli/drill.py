@@ -20,11 +20,12 @@ from drctl.cli.common import (
     JsonOpt,
     ProgressReporter,
     StateDirOpt,
+    StateOpt,
     YesOpt,
     check_output_path,
     confirm_typed,
     load_inventory,
-    state_dir,
+    open_state,
     write_output,
 )
 from drctl.core import render
@@ -62,6 +63,7 @@ def drill_cmd(
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=64, help="services at the same time, at most")] = 8,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
     state: StateDirOpt = None,
+    state_spec: StateOpt = None,
 ) -> int:
     """Rehearse a failover for real, measure RTO and RPO against the targets, and fail back.
 
@@ -89,18 +91,22 @@ def drill_cmd(
     selected = select_services(inv, services or [], site)
     fo_pb, fo_path = _playbook(playbook, "drill", "failover", inv)
     fb_pb, fb_path = _playbook(failback_playbook, "failback", "failback", inv)
-    sd = state_dir(state)
+    st = open_state(state_spec, state, inv)
+    sd = st.dir
     confirm_typed(site if site else " ".join(selected),
                   f"a drill of {', '.join(selected)} (a real failover to the backup and back)", yes=yes)
     ctx = Context(inv, state_dir=sd, approve=Approver(yes))
     meta = {"inventory": str(inventory.resolve()), "playbook": str(fo_path.resolve()),
             "failback_playbook": str(fb_path.resolve())}
     drill = Drill(ctx, selected, failover=fo_pb, failback=fb_pb, state_dir=sd, meta=meta,
-                  reporter=ProgressReporter(quiet=json_out), max_workers=parallel)
+                  reporter=ProgressReporter(quiet=json_out), max_workers=parallel, state=st)
     try:
         record = drill.run()
     finally:
-        ctx.close()
+        try:
+            ctx.close()
+        finally:
+            st.close()
     unwritten: list[UsageError] = []
     for option, path, text in (("--html", html, drill_html), ("--junit", junit, drill_junit),
                                ("--metrics-file", metrics_file, drill_metrics)):

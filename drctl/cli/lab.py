@@ -25,20 +25,27 @@ def _dir(d: Path | None) -> Path:
 
 
 @app.command("up")
-def up(directory: DirOpt = None, json_out: JsonOpt = False) -> int:
+def up(directory: DirOpt = None, json_out: JsonOpt = False,
+       etcd: Annotated[bool, typer.Option("--etcd", help="also start a 3-member etcd cluster (one member per site "
+                                                         "and a witness) and keep the lab's locks and journals "
+                                                         "there (the inventory's state:)")] = False) -> int:
     """Start the lab and write its inventory; prints the inventory path."""
     from drctl.lab.lab import lab_up
 
     d = _dir(directory)
     ENV.err.print(f"starting the lab in {d} ...", markup=False)
-    info = lab_up(d)
+    info = lab_up(d, etcd=etcd)
     if json_out:
-        ENV.stdout.write(render.to_json({"dir": str(d), "inventory": str(info.inventory)}) + "\n")
+        ENV.stdout.write(render.to_json({"dir": str(d), "inventory": str(info.inventory),
+                                         **({"state": info.state_spec()} if etcd else {})}) + "\n")
     else:
         ENV.stdout.write(f"{info.inventory}\n")
         ENV.err.print(f"lab is up. Try:\n  export DRCTL_INVENTORY={info.inventory}\n"
                       f"  drctl plan failover --site dc1\n  drctl failover --site dc1 --yes\n"
                       f"  drctl lab down --dir {d}", markup=False)
+        if etcd:
+            ENV.err.print(f"locks and journals are kept in etcd: {info.state_spec()} (the inventory's state:)",
+                          markup=False)
     return 0
 
 

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from drctl.cli.common import ENV, StateDirOpt, check_output_path, state_dir, write_output
+from drctl.cli.common import (
+    DEFAULT_INVENTORY,
+    ENV,
+    StateDirOpt,
+    StateInventoryOpt,
+    StateOpt,
+    check_output_path,
+    open_state,
+    write_output,
+)
 from drctl.core import render
+
+if TYPE_CHECKING:
+    from drctl.engine.store import State
 
 
 class ReportFormat(StrEnum):
@@ -19,15 +31,16 @@ class ReportFormat(StrEnum):
     junit = "junit"
 
 
-def load_record(sd: Path, run_id: str) -> tuple[str, dict[str, Any]]:
-    """("drill", drill record) or ("run", run rebuilt from its journal)."""
+def load_record(sd: Path, run_id: str, state: State | None = None) -> tuple[str, dict[str, Any]]:
+    """("drill", drill record) or ("run", run rebuilt from its journal, in ``state`` or else the
+    state directory ``sd``)."""
     from drctl.core.report import run_from_journal
     from drctl.engine.drill import DrillStore
     from drctl.engine.store import RunStore
 
     if DrillStore.is_drill_id(run_id):
         return "drill", DrillStore(sd).read(run_id)
-    return "run", run_from_journal(run_id, RunStore(sd).read(run_id))
+    return "run", run_from_journal(run_id, (state.runs if state is not None else RunStore(sd)).read(run_id))
 
 
 def render_record(kind: str, record: dict[str, Any], fmt: ReportFormat) -> str:
@@ -47,6 +60,8 @@ def report_cmd(
     fmt: Annotated[ReportFormat, typer.Option("--format", "-f", help="md, html, json or junit")] = ReportFormat.md,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
     state: StateDirOpt = None,
+    state_spec: StateOpt = None,
+    inventory: StateInventoryOpt = None,
 ) -> int:
     """Render a run or a drill as Markdown, self-contained HTML, JSON or JUnit XML.
 
@@ -55,7 +70,11 @@ def report_cmd(
     cannot be written is refused (exit 2) before anything is read.
     """
     check_output_path("--output", output)
-    kind, record = load_record(state_dir(state), run_id)
+    st = open_state(state_spec, state, inventory or DEFAULT_INVENTORY)
+    try:
+        kind, record = load_record(st.dir, run_id, st)
+    finally:
+        st.close()
     text = render_record(kind, record, fmt)
     if output is None:
         ENV.stdout.write(text)

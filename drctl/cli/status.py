@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, load_inventory
+from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, StateOpt, load_inventory
 from drctl.core import render
 from drctl.core.redact import redact_text
 from drctl.units import format_duration
@@ -19,13 +19,14 @@ from drctl.units import format_duration
 RUNS_READ = 200  # newest journals read for "last run" and command-moved traffic
 
 
-def gather_status(inventory: Path, services: list[str] | None, state: Path | None) -> list[dict[str, Any]]:
+def gather_status(inventory: Path, services: list[str] | None, state: Path | None,
+                  state_spec: str | None = None) -> list[dict[str, Any]]:
     from drctl.core.status import journal_sites, last_runs, locate, status_row
     from drctl.engine.drill import latest_drills
     from drctl.engine.observe import observe
     from drctl.engine.readiness import check_readiness
     from drctl.engine.steps import Context
-    from drctl.engine.store import RunStore, default_state_dir
+    from drctl.engine.store import default_state_dir, open_state
     from drctl.errors import RunNotFoundError
 
     inv = load_inventory(inventory)
@@ -41,13 +42,21 @@ def gather_status(inventory: Path, services: list[str] | None, state: Path | Non
             facts, backups = facts_f.result(), backups_f.result()
     finally:
         ctx.close()
-    store = RunStore(sd)
+    if not state_spec:
+        from drctl.cli.common import inventory_state
+
+        state_spec = inventory_state(inv)
+    st = open_state(state_spec, sd)
+    store = st.runs
     runs = []
-    for run_id in store.list_runs()[:RUNS_READ]:
-        try:
-            runs.append((run_id, store.read(run_id)))
-        except RunNotFoundError:
-            continue
+    try:
+        for run_id in store.list_runs()[:RUNS_READ]:
+            try:
+                runs.append((run_id, store.read(run_id)))
+            except RunNotFoundError:
+                continue
+    finally:
+        st.close()
     sites, last, drills = journal_sites(runs), last_runs(runs), latest_drills(sd, selected)
     rows = []
     for name in selected:
@@ -63,6 +72,7 @@ def status_cmd(
     json_out: JsonOpt = False,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
     state: StateDirOpt = None,
+    state_spec: StateOpt = None,
 ) -> int:
     """Which site serves each service now, how old its backups are, its last drill and run.
 
@@ -71,7 +81,7 @@ def status_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    rows = gather_status(inventory, services, state)
+    rows = gather_status(inventory, services, state, state_spec)
     if json_out:
         ENV.stdout.write(render.to_json({"checked_at": time.time(), "services": rows}) + "\n")
         return 0

@@ -1,9 +1,9 @@
 """``drctl verify``: compare services' data between their primary and backup copies (file trees
 and PostgreSQL tables), or between the backup and a recorded baseline when the primary is gone.
 
-Parse -> ``drctl.drivers.integrity.verify_service`` per service -> print -> exit code: 0 when
-every copy matches, 6 (``IntegrityError``) when data differ, the error's own code when a service
-could not be verified (the other services are still verified and reported).
+Parse -> ``drctl.api.verify`` (one service after the other) -> print -> exit code: 0 when every
+copy matches, 6 (``IntegrityError``) when data differ, the error's own code when a service could
+not be verified (the other services are still verified and reported).
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
-from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, load_inventory, state_dir
+from drctl import api
+from drctl.cli.common import DEFAULT_INVENTORY, ENV, InventoryOpt, JsonOpt, StateDirOpt, StateOpt
 from drctl.core import render
-from drctl.errors import DrctlError, IntegrityError
+from drctl.errors import ExitStatus
 
 
 def verify_cmd(
@@ -33,6 +34,7 @@ def verify_cmd(
     json_out: JsonOpt = False,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
     state: StateDirOpt = None,
+    state_spec: StateOpt = None,
 ) -> int:
     """Prove that each backup holds the same data as its primary.
 
@@ -45,43 +47,36 @@ def verify_cmd(
 
     Exit status 0: all copies match; 6: data differ; other codes: verification failed.
     """
-    from drctl.core.plan import select_services
-    from drctl.drivers.integrity import verify_service
-    from drctl.drivers.ssh import SSHPool
-
-    inv = load_inventory(inventory)
-    names = select_services(inv, services or [], site)
-    sd = state_dir(state)
     results: list[dict[str, Any]] = []
-    failures: list[DrctlError] = []
-    differ = False
-    with SSHPool(inv.all_hosts(), base_dir=inv.base_dir) as pool:
-        for name in names:
-            if not inv.services[name].integrity:
-                if not json_out:
-                    ENV.err.print(f"{name}: no integrity targets defined; skipped")
-                results.append({"service": name, "ok": True, "targets": [], "skipped": "no integrity targets"})
-                continue
+
+    def started(name: str) -> None:
+        if not json_out:
+            ENV.err.print(f"[dim]{name}: verifying ...[/]")
+
+    def show(v: api.Verified) -> None:
+        if v.skipped:
             if not json_out:
-                ENV.err.print(f"[dim]{name}: verifying ...[/]")
-            try:
-                report = verify_service(inv, name, pool, sd, full=full, record_baseline=record_baseline,
-                                        targets=target)
-            except DrctlError as e:
-                failures.append(e)
-                results.append({"service": name, "ok": False, "error": {"type": type(e).__name__, "message": e.message,
-                                                                         "hint": e.hint, "exit_code": e.exit_code}})
-                if not json_out:
-                    ENV.err.print(f"{name}: {e.label}: {e.message}", markup=False)
-                    if e.hint:
-                        ENV.err.print(f"hint: {e.hint}", markup=False)
-                continue
-            differ = differ or not report.ok
-            results.append(report.as_dict(max_paths=None if json_out else limit))
+                ENV.err.print(f"{v.service}: no integrity targets defined; skipped")
+            results.append({"service": v.service, "ok": True, "targets": [], "skipped": v.skipped})
+        elif v.error is not None:
+            e = v.error
+            results.append({"service": v.service, "ok": False, "error": {
+                "type": type(e).__name__, "message": e.message, "hint": e.hint, "exit_code": e.exit_code}})
             if not json_out:
-                ENV.stdout.write("\n".join(report.lines(limit)) + "\n")
+                ENV.err.print(f"{v.service}: {e.label}: {e.message}", markup=False)
+                if e.hint:
+                    ENV.err.print(f"hint: {e.hint}", markup=False)
+        elif v.report is not None:
+            results.append(v.report.as_dict(max_paths=None if json_out else limit))
+            if not json_out:
+                ENV.stdout.write("\n".join(v.report.lines(limit)) + "\n")
+
+    verified = api.verify(inventory, services, site, targets=target, full=full, record_baseline=record_baseline,
+                          state_dir=state, state=state_spec, on_start=started, on_result=show)
+    failures = [v.error for v in verified if v.error is not None]
+    differ = any(v.differ for v in verified)
     if json_out:
         ENV.stdout.write(render.to_json({"ok": not differ and not failures, "services": results}) + "\n")
     if differ:  # a difference (possibly ransomware) wins over a failure to verify another service
-        return IntegrityError.exit_code
-    return failures[0].exit_code if failures else 0
+        return ExitStatus.INTEGRITY
+    return failures[0].exit_code if failures else ExitStatus.OK

@@ -13,7 +13,7 @@ PostgreSQL tables checksummed inside the database; only digests and sums travel.
   the keys. Passwords come from a file or an environment variable: to a local psql through
   ``PGPASSWORD`` in its environment, to a remote one as the first line of its stdin; never in argv.
 - **Baselines**: with ``record_baseline`` the primary's manifest is stored while it is compared
-  (``drctl.engine.baseline``); when the primary does not answer, the backup is compared with the
+  (``drctl.drivers.baseline``); when the primary does not answer, the backup is compared with the
   newest intact baseline instead, and the report says so.
 
 ``verify_service`` is what the CLI and the ``verify_integrity`` step call. Differences are
@@ -54,9 +54,11 @@ from drctl.core.integrity import (
     mass_change,
     parse_record,
 )
+from drctl.drivers import baseline as bl
 from drctl.errors import (
     ConfigError,
     DatabaseError,
+    DatabaseUnreachableError,
     DrctlError,
     DriverError,
     HostKeyError,
@@ -77,10 +79,6 @@ HASH_TOOLS = {"sha256": "sha256sum", "sha1": "sha1sum", "sha512": "sha512sum", "
 HEX_LEN = {"sha256": 64, "sha1": 40, "sha512": 128, "blake2b": 128}
 MAX_ROWS_FETCHED = 200_000  # rows per side fetched to name differing keys, at most
 _READ = 1 << 16
-
-
-class DatabaseUnreachableError(DatabaseError):
-    """The database server did not answer (refused, timed out, no such socket)."""
 
 
 class RemoteRunner(Protocol):
@@ -364,8 +362,6 @@ def verify_files(target: FilesTarget, *, service: str, pool: RemoteRunner, hashe
                  record_baseline: bool = False) -> tuple[FilesReport, str | None]:
     """Compare a file tree between the primary and the backup (or the newest baseline when the
     primary does not answer). Returns the report and the path of the baseline recorded, if any."""
-    from drctl.engine import baseline as bl
-
     p_loc, b_loc = target.sites[primary_site], target.sites[backup_site]
     primary_error = _connect_both(pool, p_loc.host, b_loc.host)
     if primary_error is None:
@@ -746,8 +742,6 @@ def verify_postgres(target: PostgresTarget, *, service: str, pool: RemoteRunner 
                     state_dir: Path, primary_site: str, backup_site: str,
                     record_baseline: bool = False) -> tuple[PostgresReport, str | None]:
     """Compare tables between the primary and the backup database (or the newest baseline)."""
-    from drctl.engine import baseline as bl
-
     p_site, b_site = target.sites[primary_site], target.sites[backup_site]
     ref = Psql(primary_site, p_site, pool, base_dir, target.timeout)
     bak = Psql(backup_site, b_site, pool, base_dir, target.timeout)
@@ -864,9 +858,3 @@ def verify_service(inventory: Inventory, service_name: str, pool: RemoteRunner, 
     report.elapsed_s = time.monotonic() - started
     return report
 
-
-def baseline_age(state_dir: Path, service: str, target: str) -> float | None:
-    """Seconds since the newest intact baseline of a service's target was recorded, or None."""
-    from drctl.engine import baseline as bl
-
-    return bl.baseline_age(state_dir, service, target)

@@ -40,7 +40,7 @@ from drctl.core.plan import build_plan, zone_of
 from drctl.core.status import Location, locate
 from drctl.engine.runner import Reporter, Runner, RunResult, SilentReporter, run_meta
 from drctl.engine.steps import Context
-from drctl.engine.store import Lease, LeaseStore, RunStore, new_run_id
+from drctl.engine.store import HeldLease, State, new_run_id, open_state
 from drctl.errors import DrctlError, RunNotFoundError
 from drctl.model.inventory import HAProxyTraffic
 from drctl.model.playbook import Playbook
@@ -228,7 +228,8 @@ class Drill:
 
     def __init__(self, ctx: Context, services: list[str], *, failover: Playbook, failback: Playbook,
                  state_dir: Path, meta: dict[str, Any] | None = None, reporter: Reporter | None = None,
-                 max_workers: int = 8, clock: Callable[[], float] = time.time) -> None:
+                 max_workers: int = 8, clock: Callable[[], float] = time.time, state: State | None = None) -> None:
+        """``state``: where the runs' journals and the leases are (default: the state directory)."""
         self.ctx = ctx
         self.inv = ctx.inventory
         self.services = list(services)
@@ -241,7 +242,8 @@ class Drill:
         self.clock = clock
         self.drill_id = new_run_id("drill")
         self.store = DrillStore(state_dir)
-        self.runs = RunStore(state_dir)
+        self.state = state or open_state(None, state_dir)
+        self.runs = self.state.runs
         self.record: dict[str, Any] = {}
         self._interrupted: str | None = None  # set by SIGINT / SIGTERM
         self._returning = False
@@ -306,9 +308,17 @@ class Drill:
 
         return restore
 
-    def _acquire(self) -> list[Lease]:
-        return LeaseStore(self.state_dir).acquire_all(
-            list(self.services), {"run_id": self.drill_id, "operation": "drill", "user": run_meta({})["user"]})
+    def _acquire(self) -> list[HeldLease]:
+        return list(self.state.leases.acquire_all(
+            list(self.services), {"run_id": self.drill_id, "operation": "drill", "user": run_meta({})["user"]},
+            on_lost=self._lock_lost))
+
+    def _lock_lost(self, service: str, why: str) -> None:
+        """The drill's lock can no longer be kept: stop going forward, like an interrupt."""
+        if self._interrupted is None:
+            self._interrupted = f"stopped: {why}"
+        if self._active is not None:
+            self._active.lock_lost(service, why)
 
     def _runner(self, plan: Any, operation: str, force: bool, override: frozenset[str] = frozenset(),
                 interruptible: bool = True) -> tuple[Runner, dict[str, Any]]:

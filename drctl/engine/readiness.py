@@ -242,6 +242,6 @@ def _baseline_limits(inv: Inventory, name: str) -> list[tuple[str, float]]:
 def _baseline_age(ctx: Context, service: str, target: str) -> float | None:
     """Age of the target's newest *intact* baseline (its checksum verified), None if there is none:
     a damaged baseline is no help on the day the primary is gone."""
-    from drctl.engine.baseline import baseline_age
+    from drctl.drivers.baseline import baseline_age
 
     return baseline_age(ctx.state_dir, service, target)

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 from drctl.core.plan import Action, Plan, ServicePlan
 from drctl.engine.steps import Context, Outcome, execute
-from drctl.engine.store import Lease, LeaseStore, RunStore
-from drctl.errors import AbortedError
+from drctl.engine.store import HeldLease, Journal, Leases
+from drctl.errors import AbortedError, DrctlError, LockLostError
 
 #: what the gate checks beyond the playbook's own read-only steps: every host the run may use
 #: answers with a verified key (the site being left may not answer: a warning), each zone accepts
@@ -104,8 +104,8 @@ def run_meta(extra: dict[str, Any]) -> dict[str, Any]:
 
 
 class Runner:
-    def __init__(self, plan: Plan, ctx: Context, *, run_id: str | None, store: RunStore | None,
-                 leases: LeaseStore | None, reporter: Reporter | None = None, dry_run: bool = False,
+    def __init__(self, plan: Plan, ctx: Context, *, run_id: str | None, store: Journal | None,
+                 leases: Leases | None, reporter: Reporter | None = None, dry_run: bool = False,
                  force: bool = False, override: frozenset[str] = frozenset(), interruptible: bool = True,
                  max_workers: int = 8) -> None:
         """``force`` goes past every failed gate check; ``override`` only past those of these step
@@ -124,7 +124,7 @@ class Runner:
         self.max_workers = max(1, max_workers)
         self._records: list[ActionRecord] = []
         self._lock = threading.Lock()
-        self._abort: AbortedError | None = None
+        self._abort: DrctlError | None = None  # AbortedError, or LockLostError (status "stopped")
         self._gate_unanswered: dict[str, dict[str, Any]] = {}  # host -> the pre-flight's finding
         self._prewarmed: list[dict[str, Any]] = []  # balancer servers drained for the switch
         self._phases: dict[str, float] = {}  # measured phases besides the steps (for the next plan)
@@ -189,6 +189,8 @@ class Runner:
         finally:
             for lease in leases:
                 lease.release()
+        if result.status == "aborted" and isinstance(self._abort, LockLostError):
+            result.status = "stopped"  # not the operator: the run's lock could not be kept (exit 9)
         result.finished = time.time()
         result.records = list(self._records)
         if result.status not in ("refused", "dry-run") or self._gate_unanswered:
@@ -229,12 +231,25 @@ class Runner:
         if failed:
             result.message = "the world does not match the run's target after a repair: " + "; ".join(failed)
 
-    def _acquire(self) -> list[Lease]:
+    def _acquire(self) -> list[HeldLease]:
         if self.leases is None or self.dry_run:
             return []
-        return self.leases.acquire_all([sp.service for sp in self.plan.services],
-                                       {"run_id": self.run_id, "operation": self.plan.operation,
-                                        "user": run_meta({})["user"]})
+        return list(self.leases.acquire_all([sp.service for sp in self.plan.services],
+                                            {"run_id": self.run_id, "operation": self.plan.operation,
+                                             "user": run_meta({})["user"]}, on_lost=self.lock_lost))
+
+    def lock_lost(self, service: str, why: str) -> None:
+        """A lease of this run can no longer be kept (a state store out of reach, or without quorum):
+        stop at the next safe point, before another control node could take the lock over. Steps in
+        flight are told to stop (``ctx.cancel``); nothing new starts."""
+        first = self._abort is None
+        if first:
+            self._abort = LockLostError(
+                f"{why}; stopped at the next safe point, before its lease could expire",
+                hint=f"`drctl resume {self.run_id}` once the state store answers" if self.run_id else None)
+        self.ctx.cancel.set()
+        if first:
+            self.reporter.message(f"lock of {service} lost: finishing the steps in flight, starting nothing new ...")
 
     def _run_action(self, action: Action) -> Outcome:
         self._journal({"event": "action_started", "action": action.id, "kind": action.kind,

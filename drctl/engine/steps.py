@@ -382,7 +382,8 @@ def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
         # enable the new side first, and take the old one out only once HAProxy itself sees the new
         # one UP: otherwise a balancer that cannot reach the new site would serve nothing at all
         admin.set_state(tr.backend, to_server, "ready")
-        deadline = time.monotonic() + SERVER_UP_WAIT_S
+        began = time.monotonic()
+        deadline = began + SERVER_UP_WAIT_S
         while True:
             state = admin.servers(tr.backend).get(to_server)
             if state is not None and state.proven_up:
@@ -393,6 +394,7 @@ def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
                                f"{SERVER_UP_WAIT_S:.0f}s; {from_server} left serving, traffic not moved",
                                {"to_status": seen})
             ctx.cancel.wait(0.2)
+        up_at = time.monotonic()
         admin.set_state(tr.backend, from_server, tr.mode)
         states = admin.servers(tr.backend)
         got = {s: states[s].state_text for s in (to_server, from_server) if s in states}
@@ -401,7 +403,7 @@ def _reroute_traffic(action: Action, ctx: Context) -> Outcome:
         fence = {"site": action.from_site, "status": "fenced",
                  "detail": f"{tr.balancer} sends it no traffic ({tr.backend}/{from_server} {tr.mode})"}
         return Outcome("ok", f"{tr.balancer} {tr.backend}: {to_server} ready, {from_server} {tr.mode}",
-                       {"states": got, "fence": fence})
+                       {"states": got, "fence": fence, "waited_for_up_s": round(up_at - began, 3)})
     assert isinstance(tr, CommandTraffic)
     notes = []
     status: Status = "ok"

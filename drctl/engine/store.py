@@ -1,18 +1,23 @@
 """Where runs are kept: the state directory, the append-only journal, and service leases.
 
-This is the one narrow seam between the engine and storage:
+This is the one narrow seam between the engine and storage, two protocols with two
+implementations each, opened together by ``open_state(spec, state_dir)``:
 
-- ``RunStore.append(run_id, record)``: durable once it returns (written and fsynced), with every
-  secret masked (``drctl.core.redact``) whatever the caller put in the record; a journal that
-  cannot be written raises ``JournalError``; ``RunStore.read(run_id)``; ``RunStore.list_runs()``;
-  ``RunStore.close()`` never raises (every record was already fsynced);
-- ``LeaseStore.acquire(name, owner)`` -> ``Lease`` (``renew()``, ``release()``), or
-  ``LockHeldError`` naming the holder, or ``LockWriteError`` when the lock cannot be written
-  (full disk, I/O error): nothing was changed.
+- ``Journal``: ``append(run_id, record)`` is durable once it returns, with every secret masked
+  (``drctl.core.redact``) whatever the caller put in the record; a journal that cannot be written
+  raises ``JournalError`` (or ``StateStoreError`` when the state store is out of reach);
+  ``read(run_id)``; ``list_runs()`` (newest first); ``close()`` never raises;
+- ``Leases``: ``acquire_all(names, owner, on_lost=None)`` -> one ``HeldLease`` per name
+  (``renew()``, ``release()``), all or none, or ``LockHeldError`` naming the holder (user, host,
+  pid, run), or ``LockWriteError`` when the lock cannot be written: nothing was changed;
+  ``held_by(name)`` (the run id holding it now), ``holder(name)`` (its holder record).
+  ``on_lost(name, why)`` is called, once, when a lease can no longer be kept.
 
-The local implementation keeps a JSONL file per run and an ``flock``-ed file per lease: the kernel
-drops the lock when the holding process dies, so a crash never leaves a service locked. A
-distributed backend implements the same two classes.
+The local implementation (``RunStore``, ``LeaseStore``) keeps a JSONL file per run and an
+``flock``-ed file per lease in the state directory: the kernel drops the lock when the holding
+process dies, so a crash never leaves a service locked, and a lock is never lost while its process
+lives. The etcd implementation (``drctl.engine.store_etcd``, ``--state etcd://...``) keeps both in
+an etcd v3 cluster, so they survive the control node.
 """
 
 from __future__ import annotations
@@ -28,12 +33,17 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from drctl.core.redact import redact
-from drctl.errors import LockHeldError, LockWriteError, RunNotFoundError, StepFailedError, UsageError
+from drctl.core.redact import redact, redact_text
+from drctl.durable import fsync_dir
+from drctl.errors import JournalError, LockHeldError, LockWriteError, RunNotFoundError, UsageError
+
+if TYPE_CHECKING:  # baselines import the integrity models (~350 ms): only when an etcd state needs them
+    from drctl.drivers.baseline import BaselineIndex
 
 log = logging.getLogger("drctl.engine.store")
 
@@ -43,8 +53,86 @@ _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z]+-[0-9a-f]{6}$")
 
 
-class JournalError(StepFailedError):
-    """The journal could not be written: the run stops rather than change what it cannot record."""
+#: ``on_lost(name, why)``: a held lease could not be kept (called from a background thread, once)
+LostCallback = Callable[[str, str], None]
+
+
+class Journal(Protocol):
+    """The append-only journal of runs (see the module docstring)."""
+
+    where: str  # for messages: the directory, or the etcd cluster and prefix
+
+    def append(self, run_id: str, record: dict[str, Any]) -> dict[str, Any]: ...
+    def read(self, run_id: str) -> list[dict[str, Any]]: ...
+    def list_runs(self) -> list[str]: ...
+    def close(self) -> None: ...
+
+
+class HeldLease(Protocol):
+    name: str
+    owner: dict[str, Any]
+
+    def renew(self) -> None: ...
+    def release(self) -> None: ...
+
+
+class Leases(Protocol):
+    """One lease per service (see the module docstring)."""
+
+    where: str
+
+    def acquire_all(self, names: list[str], owner: dict[str, Any],
+                    on_lost: LostCallback | None = None) -> Sequence[HeldLease]: ...
+    def held_by(self, name: str) -> str | None: ...
+    def holder(self, name: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class State:
+    """What ``open_state`` gives: the journal, the leases, the local state directory (drill records
+    and baseline files always live there) and, with etcd, the index of every control node's
+    baselines."""
+
+    runs: Journal
+    leases: Leases
+    dir: Path
+    where: str
+    baselines: BaselineIndex | None = None
+    _close: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        """Close the journal and the connection to the state store; never raises."""
+        self.runs.close()
+        for fn in self._close:
+            with contextlib.suppress(Exception):
+                fn()
+        if self.baselines is not None:
+            from drctl.drivers.baseline import use_index
+
+            use_index(self.dir, None)
+
+
+def open_state(spec: str | None, state_dir: Path) -> State:
+    """The state named by ``spec`` (``etcd://...``, see ``drctl.core.statespec``), or the state
+    directory ``state_dir`` when ``spec`` is empty or ``dir``. ``state_dir`` is used either way for
+    what stays local (drill records, baseline files). A spec that cannot be parsed is a UsageError."""
+    if not spec or spec.strip() == "dir":
+        return State(runs=RunStore(state_dir), leases=LeaseStore(state_dir), dir=state_dir,
+                     where=str(state_dir))
+    from drctl.core.statespec import StateSpecError, parse_state_spec
+
+    try:
+        parsed = parse_state_spec(spec)
+    except StateSpecError as e:
+        raise UsageError(f"state {redact_text(spec)!r}: {e}",
+                         hint="--state, DRCTL_STATE or the inventory's state: key") from None
+    from drctl.drivers.baseline import use_index
+    from drctl.engine.store_etcd import open_etcd_state
+
+    state = open_etcd_state(parsed, state_dir)
+    if state.baselines is not None:
+        use_index(state_dir, state.baselines)
+    return state
 
 
 def default_state_dir() -> Path:
@@ -59,15 +147,6 @@ def default_state_dir() -> Path:
 def new_run_id(operation: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return f"{stamp}-{re.sub('[^a-z]', '', operation.lower()) or 'run'}-{secrets.token_hex(3)}"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a new directory entry durable (after creating or renaming a file in ``path``)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -93,6 +172,7 @@ class RunStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "runs"
+        self.where = str(self.dir)
         self._lock = threading.Lock()
         self._files: dict[str, Any] = {}
         self._seq: dict[str, int] = {}
@@ -210,6 +290,7 @@ class LeaseStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "locks"
+        self.where = str(self.dir)
 
     def acquire(self, name: str, owner: dict[str, Any]) -> Lease:
         path = self.dir / f"{name}.lock"
@@ -228,9 +309,12 @@ class LeaseStore:
         except BlockingIOError:
             os.close(fd)
             holder = self.holder(name)
-            who = (f"run {holder.get('run_id')} by {holder.get('user')}@{holder.get('host')} (pid {holder.get('pid')})"
-                   if holder else "another run")
-            raise LockHeldError(f"service {name} is locked by {who}",
+            for _ in range(20):  # the holder writes its record just after it took the flock
+                if holder:
+                    break
+                time.sleep(0.005)
+                holder = self.holder(name)
+            raise LockHeldError(f"service {name} is locked by {describe_holder(holder) if holder else 'another run'}",
                                 hint="wait for it to finish, or `drctl history` to see it") from None
         info = {**owner, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         data = json.dumps(redact(info)).encode()
@@ -249,8 +333,10 @@ class LeaseStore:
                                       "the disk, then run again") from None
         return Lease(name=name, owner=info, _fd=fd, _path=path)
 
-    def acquire_all(self, names: list[str], owner: dict[str, Any]) -> list[Lease]:
-        """Every lease, in a fixed order (no deadlock between two runs), or none of them."""
+    def acquire_all(self, names: list[str], owner: dict[str, Any],
+                    on_lost: LostCallback | None = None) -> list[Lease]:
+        """Every lease, in a fixed order (no deadlock between two runs), or none of them. An flock
+        is held as long as the process lives: ``on_lost`` is never called."""
         got: list[Lease] = []
         try:
             for name in sorted(names):
@@ -284,6 +370,20 @@ class LeaseStore:
             return json.loads(text) if text.strip() else None
         except (OSError, json.JSONDecodeError):
             return None
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """``run R by user@host (pid N, operation, since HH:MM:SS)``: who holds a lock, for messages."""
+    extra = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("operation"):
+        extra.append(str(holder["operation"]))
+    since = holder.get("since")
+    if isinstance(since, int | float):
+        extra.append(f"since {time.strftime('%H:%M:%S', time.localtime(since))}")
+    if holder.get("ttl"):
+        extra.append(f"etcd lease of {holder['ttl']} s")
+    who = f"{holder.get('user', '?')}@{holder.get('host', '?')}"
+    return f"run {holder.get('run_id', '?')} by {who} ({', '.join(extra)})"
 
 
 def ensure_state_dir(path: Path) -> Path:

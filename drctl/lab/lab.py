@@ -10,6 +10,9 @@
 - ``origin-<service>-<site>`` HTTP origins answering ``<service>@<site>``, and ``haproxy-lb1`` with
   backends ``web`` and ``api`` (server ``dc1`` enabled, ``dc2`` disabled);
 
+- with ``etcd=True`` (``drctl lab up --etcd``), a 3-member etcd cluster: ``etcd-dc1``, ``etcd-dc2``
+  and ``etcd-witness`` (one member per site and a witness), named in the inventory's ``state:``;
+
 then writes ``dir/inventory.yaml`` (services ``db``, ``api`` -> db, ``web``) and ``dir/lab.json``
 (what runs: names, pids, ports). ``lab_down`` stops what ``lab.json`` lists and waits until every
 PID is gone; ``lab_status`` reports each process. The ``LabInfo`` helpers (``dig``,
@@ -38,10 +41,12 @@ from typing import Any
 
 import yaml
 
-from drctl.errors import DrctlError
+from drctl.errors import LabError
 from drctl.lab.servers import (
+    STOP_GRACE_S,
     Backend,
     Daemon,
+    EtcdCluster,
     HAProxyServer,
     HttpOrigin,
     NamedServer,
@@ -70,11 +75,9 @@ RECORDS: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 ZONES = ("example.test", "internal.test")
 TTL = 30
+ETCD_MEMBERS = ("etcd-dc1", "etcd-dc2", "etcd-witness")  # one per site, and a witness
+ETCD_PREFIX = "/drctl-lab"
 BACKUP_AGES = (2400, 1200, 60)  # seconds before lab_up; the newest is fresh, all within the 1h RPO
-
-
-class LabError(DrctlError):
-    """The lab could not be started or stopped."""
 
 
 @dataclass
@@ -109,6 +112,18 @@ class LabInfo:
     @property
     def known_hosts(self) -> Path:
         return self.dir / "keys" / "known_hosts"
+
+    @property
+    def etcd_members(self) -> list[str]:
+        """The lab's etcd members (``drctl lab up --etcd``), by name: etcd-dc1, etcd-dc2, etcd-witness."""
+        return [n for n in ETCD_MEMBERS if n in self.ports]
+
+    def state_spec(self, members: list[str] | None = None, **options: object) -> str:
+        """An ``etcd://`` state spec for the lab's etcd members (default: all), with options (ttl=...)."""
+        names = members if members is not None else self.etcd_members
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return (f"etcd://{','.join(f'127.0.0.1:{self.ports[n]}' for n in names)}{ETCD_PREFIX}"
+                + (f"?{query}" if query else ""))
 
     def host_root(self, host: str) -> Path:
         """The data root of a lab host (``app1``, ``app2``)."""
@@ -323,6 +338,7 @@ def _inventory(info: LabInfo, ssh: dict[str, SshServer]) -> dict[str, Any]:
     return {
         "version": 1,
         "name": "drctl-lab",
+        **({"state": info.state_spec()} if info.etcd_members else {}),
         "sites": sites,
         "dns_servers": {ns: {"address": "127.0.0.1", "port": info.ports[f"named-{ns}"], "timeout": "2s"}
                         for ns in ("ns1", "ns2")},
@@ -358,8 +374,9 @@ class _DirLock:
 _started: dict[Path, dict[str, Daemon]] = {}  # daemons this process started, by lab directory
 
 
-def lab_up(dir: Path) -> LabInfo:
-    """Start a complete lab in ``dir``; error if one is already running there."""
+def lab_up(dir: Path, etcd: bool = False) -> LabInfo:
+    """Start a complete lab in ``dir`` (with ``etcd``: and an etcd cluster holding its state);
+    error if one is already running there."""
     t0 = time.monotonic()
     dir = Path(dir).resolve()
     missing = missing_binaries()
@@ -378,7 +395,7 @@ def lab_up(dir: Path) -> LabInfo:
             shutil.rmtree(dir / sub, ignore_errors=True)
         for f in (STATE_FILE, INVENTORY_FILE):
             (dir / f).unlink(missing_ok=True)
-        daemons = _start_all(dir)
+        daemons = _start_all(dir, etcd)
         _started[dir] = daemons
         try:
             info = _finish(dir, daemons, t0)
@@ -389,7 +406,7 @@ def lab_up(dir: Path) -> LabInfo:
     return info
 
 
-def _start_all(dir: Path) -> dict[str, Daemon]:
+def _start_all(dir: Path, etcd: bool = False) -> dict[str, Daemon]:
     keys, run = dir / "keys", dir / "run"
     keys.mkdir(parents=True)
     run.mkdir()
@@ -430,6 +447,10 @@ def _start_all(dir: Path) -> dict[str, Daemon]:
         lb1.start()
 
     jobs = [chain(ssh["app1"]), chain(ssh["app2"]), chain(ns1, ns2), origins_then_lb]
+    if etcd:
+        cluster = EtcdCluster(run, names=ETCD_MEMBERS)
+        daemons.update({m.name: m for m in cluster.members})
+        jobs.append(cluster.start)
     errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         for fut in [pool.submit(j) for j in jobs]:
@@ -493,7 +514,9 @@ def lab_down(dir: Path, timeout: float = 10.0) -> list[str]:
         daemons = _started.pop(dir, {})
         stopped = _stop_daemons(daemons) if daemons else []
         rest = [p for p in state["processes"] if p["name"] not in daemons]
-        pids = stop_pids([(p["pid"], p.get("start_time")) for p in rest], timeout)
+        etcd = [p for p in rest if p["name"] in ETCD_MEMBERS]  # see EtcdMember.stop
+        pids = stop_pids([(p["pid"], p.get("start_time")) for p in etcd], min(timeout, STOP_GRACE_S))
+        pids += stop_pids([(p["pid"], p.get("start_time")) for p in rest if p not in etcd], timeout)
         stopped += [p["name"] for p in rest if p["pid"] in pids]
         left = _running(state)
         if left:

@@ -1,5 +1,5 @@
-"""Real daemons on 127.0.0.1 for the local lab and the tests: sshd, BIND named, HAProxy and a
-small HTTP origin, each in its own directory on free ports.
+"""Real daemons on 127.0.0.1 for the local lab and the tests: sshd, BIND named, HAProxy, a
+small HTTP origin and etcd cluster members, each in its own directory on free ports.
 
 Every daemon runs in its own process session (``start_new_session=True``) with its output in
 ``DIR/<name>.log``. ``start()`` returns once the daemon really serves (port open, zones loaded),
@@ -11,6 +11,7 @@ group (so sshd's per-connection children go too) and waits, bounded, until the P
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -24,7 +25,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -32,6 +34,8 @@ from typing import IO, Literal
 SSHD = "/usr/sbin/sshd"
 NAMED = "/usr/sbin/named"
 HAPROXY = "/usr/sbin/haproxy"
+ETCD = "/usr/bin/etcd"
+STOP_GRACE_S = 1.0  # how long an etcd member may take to stop before SIGKILL
 
 _ports_lock = threading.Lock()
 _ports_given: set[int] = set()
@@ -613,6 +617,143 @@ class HttpOrigin(Daemon):
         return env
 
 
+# --- etcd ------------------------------------------------------------------------------------------
+
+
+def _etcd_healthy(port: int, timeout: float = 0.5, tls: EtcdTls | None = None) -> bool:
+    """True when the member on ``port`` says it is healthy: it has a leader, so a quorum is up."""
+    import ssl
+
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        if tls.client_cert is not None and tls.client_key is not None:
+            context.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:  # noqa: S310
+            return bool(json.loads(resp.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS for an etcd member's clients: its certificate and key, the CA that signed them, and,
+    given ``client_cert`` (signed by the same CA), client certificates are required."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+class EtcdMember(Daemon):
+    """One member of an etcd v3 cluster: clients on ``port``, peers on ``peer_port``, data in
+    ``DIR/data`` (kept across restarts: a member stopped and started again rejoins). Ready when its
+    ``/health`` is true, which needs a quorum of the cluster: start the members together
+    (``EtcdCluster``). Tuned for loopback (heartbeat 50 ms, election 500 ms)."""
+
+    start_timeout = 30.0
+
+    def __init__(self, dir: Path, *, port: int | None = None, peer_port: int | None = None,
+                 name: str = "etcd", tls: EtcdTls | None = None) -> None:
+        super().__init__(name, dir, port)
+        self.tls = tls
+        self.peer_port = peer_port if peer_port is not None else free_port()
+        self.initial_cluster = f"{name}=http://127.0.0.1:{self.peer_port}"
+        self.token = f"drctl-{secrets.token_hex(4)}"
+        self.data_dir = self.dir / "data"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _argv(self) -> list[str]:
+        _need(ETCD)
+        client = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key)]
+            if self.tls.client_cert is not None:
+                tls += ["--client-cert-auth", "--trusted-ca-file", str(self.tls.ca)]
+        return [ETCD, "--name", self.name, "--data-dir", str(self.data_dir), *tls,
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", self.initial_cluster, "--initial-cluster-token", self.token,
+                "--initial-cluster-state", "new", "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--logger", "zap", "--log-level", "warn"]
+
+    def _env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+
+    def _ready(self) -> bool:
+        return _etcd_healthy(self.port, tls=self.tls)
+
+    def stop(self, timeout: float = 10) -> None:
+        """A leader stopped with SIGTERM first hands its leadership over, waiting up to ~6 s when
+        its peers stop too: one second of grace, then SIGKILL (every write is on disk already)."""
+        super().stop(timeout=min(timeout, STOP_GRACE_S))
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1 forming one cluster (``names`` default etcd-1..N);
+    ``start()`` starts them all at once and returns when every one is healthy."""
+
+    def __init__(self, dir: Path, size: int = 3, names: Sequence[str] | None = None,
+                 tls: EtcdTls | None = None) -> None:
+        names = list(names or [f"etcd-{i + 1}" for i in range(size)])
+        self.members = [EtcdMember(Path(dir) / n, name=n, tls=tls) for n in names]
+        self.tls = tls
+        cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        token = f"drctl-{secrets.token_hex(4)}"
+        for m in self.members:
+            m.initial_cluster, m.token = cluster, token
+
+    def __getitem__(self, name: str) -> EtcdMember:
+        return next(m for m in self.members if m.name == name)
+
+    def spec(self, members: Sequence[str] | None = None, prefix: str = "/drctl", **options: object) -> str:
+        """An ``etcd://`` state spec naming ``members`` (default: all), with options (ttl=...)."""
+        chosen = [m for m in self.members if members is None or m.name in members]
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return (f"{'etcds' if self.tls else 'etcd'}://{','.join(m.endpoint for m in chosen)}{prefix}"
+                + (f"?{query}" if query else ""))
+
+    def start(self, members: Sequence[str] | None = None) -> None:
+        """Start ``members`` (default: all) together; on failure every one started is stopped."""
+        chosen = [m for m in self.members if members is None or m.name in members]
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=_collect(m.start, errors), name=f"start-{m.name}") for m in chosen]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            for m in chosen:
+                m.stop(timeout=3)
+            raise RuntimeError("the etcd cluster did not start:\n" + "\n".join(str(e) for e in errors))
+
+    def stop(self, members: Sequence[str] | None = None) -> None:
+        for m in self.members:
+            if members is None or m.name in members:
+                m.stop()
+
+    def alive(self) -> bool:
+        return any(m.alive() for m in self.members)
+
+
+def _collect(fn: Callable[[], None], errors: list[BaseException]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 (reported by the caller)
+            errors.append(e)
+    return run
+
+
 def missing_binaries() -> list[str]:
     """The server binaries the lab needs that are not installed."""
     needed = [SSHD, NAMED, HAPROXY]
@@ -623,3 +764,173 @@ def missing_binaries() -> list[str]:
         except RuntimeError:
             out.append(tool)
     return out
+
+
+# --- PowerDNS Authoritative ------------------------------------------------------------------------
+
+PDNS_SERVER = "/usr/sbin/pdns_server"
+PDNS_SQLITE_SCHEMAS = (
+    "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql",
+    "/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql",
+)
+
+
+def _pdns_sqlite_schema() -> Path:
+    for path in PDNS_SQLITE_SCHEMAS:
+        if os.path.exists(path):
+            return Path(path)
+    raise RuntimeError("the gsqlite3 schema of PowerDNS is not installed (pdns-backend-sqlite3); run `make deps`")
+
+
+class PowerDnsServer(Daemon):
+    """PowerDNS Authoritative (``pdns_server``, gsqlite3 backend) answering DNS for ``zones`` (name
+    -> zone file text, as for NamedServer) on ``port``, with its HTTP API on ``api_port``
+    (``api_url``, server id ``localhost``). The API key is random and lives in ``api_key_file``
+    (mode 0600; an existing file is used as it is) and in the daemon's own ``pdns.conf`` (0600).
+
+    The database ``DIR/pdns.sqlite3`` is created from the schema the package ships. Zones are
+    created through the API at the first start (kind Native, ``soa_edit_api`` DEFAULT, so every
+    change through the API bumps the serial); a restart keeps them and every change made since.
+    ``start()`` returns once the API answers and every zone's SOA is served authoritatively."""
+
+    def __init__(self, dir: Path, zones: dict[str, str], *, port: int | None = None,
+                 api_port: int | None = None, api_key_file: Path | None = None, name: str = "pdns") -> None:
+        super().__init__(name, dir, port)
+        self.api_port = api_port if api_port is not None else free_port()
+        self.zones = dict(zones)
+        self.api_key_file = Path(api_key_file).resolve() if api_key_file else self.dir / "api.key"
+        self.config = self.dir / "pdns.conf"
+        self.database = self.dir / "pdns.sqlite3"
+        # pdns.controlsocket must fit in an AF_UNIX path
+        self.socket_dir = _unix_socket_path(self.dir / "pdns.controlsocket").parent
+        if self.socket_dir != self.dir:
+            digest = hashlib.sha256(os.fsencode(self.dir)).hexdigest()[:16]
+            self.socket_dir = Path(tempfile.gettempdir()) / f"drctl-pdns-{digest}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def _api_key(self) -> str:
+        return self.api_key_file.read_text().strip()
+
+    def _prepare(self) -> None:
+        import sqlite3
+
+        _need(PDNS_SERVER)
+        if not self.api_key_file.exists():
+            self.api_key_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.api_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+        if not self.database.exists():
+            fresh = self.dir / "pdns.sqlite3.new"
+            fresh.unlink(missing_ok=True)
+            db = sqlite3.connect(fresh)
+            try:
+                db.executescript(_pdns_sqlite_schema().read_text())
+                db.commit()
+            finally:
+                db.close()
+            fresh.replace(self.database)
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lines = [
+            "launch=gsqlite3",
+            f"gsqlite3-database={self.database}",
+            "local-address=127.0.0.1",
+            f"local-port={self.port}",
+            "reuseport=no",
+            "api=yes",
+            f"api-key={self._api_key()}",
+            "webserver=yes",
+            "webserver-address=127.0.0.1",
+            f"webserver-port={self.api_port}",
+            "webserver-allow-from=127.0.0.1",
+            "webserver-loglevel=none",
+            "guardian=no",
+            "daemon=no",
+            f"socket-dir={self.socket_dir}",
+            "disable-syslog=yes",
+            "security-poll-suffix=",  # no DNS lookups of PowerDNS' own security status
+            "receiver-threads=1",
+            "distributor-threads=1",
+        ]
+        fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    def _argv(self) -> list[str]:
+        return [PDNS_SERVER, f"--config-dir={self.dir}", "--daemon=no", "--guardian=no"]
+
+    def _ready_ports(self) -> list[int]:
+        return [self.port, self.api_port]
+
+    def _ready(self) -> bool:
+        try:
+            status, _ = self.api("GET", "/api/v1/servers/localhost", timeout=1.0)
+        except OSError:
+            return False
+        return status == 200
+
+    def api(self, method: str, path: str, body: object = None, *, timeout: float = 5.0) -> tuple[int, bytes]:
+        """One request to the API with the server's key: (status, body). For the lab and tests;
+        drctl itself goes through ``drctl.drivers.dns_powerdns``."""
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=timeout)
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers={"X-API-Key": self._api_key(), "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except http.client.HTTPException as exc:
+            raise OSError(f"bad HTTP answer from {self.name}: {type(exc).__name__}") from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _zone_path(zone: str) -> str:
+        return f"/api/v1/servers/localhost/zones/{zone.strip('.')}."
+
+    def set_records(self, zone: str, name: str, rdtype: str, values: list[str], ttl: int = 60) -> None:
+        """Replace (or, given no values, delete) one RRset through the API, as an operator would."""
+        fqdn = name if name.endswith(".") else name + "."
+        rrset: dict[str, object] = {"name": fqdn, "type": rdtype, "changetype": "REPLACE" if values else "DELETE"}
+        if values:
+            rrset.update(ttl=ttl, records=[{"content": v, "disabled": False} for v in values])
+        status, data = self.api("PATCH", self._zone_path(zone), {"rrsets": [rrset]})
+        if status != 204:
+            raise RuntimeError(f"{self.name}: PATCH of {fqdn} {rdtype} answered {status}: {data[:300]!r}")
+
+    def start(self) -> None:
+        super().start()
+        try:
+            self._create_zones()
+        except BaseException:
+            self.stop(timeout=3)
+            raise
+
+    def _create_zones(self) -> None:
+        for zone, text in self.zones.items():
+            status, data = self.api("GET", self._zone_path(zone) + "?rrsets=false")
+            if status == 200:
+                continue
+            if status != 404:
+                raise RuntimeError(f"{self.name}: reading zone {zone} answered {status}: {data[:300]!r}")
+            fqdn = zone.strip(".") + "."
+            status, data = self.api("POST", "/api/v1/servers/localhost/zones",
+                                    {"name": fqdn, "kind": "Native", "zone": text, "nameservers": []})
+            if status != 201:
+                raise RuntimeError(f"{self.name}: creating zone {zone} answered {status}: {data[:300]!r}; "
+                                   f"log {self.log}:\n{log_tail(self.log)}")
+        deadline = time.monotonic() + self.start_timeout
+        while not all(_soa_authoritative(self.port, z) for z in self.zones):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{self.name} does not serve its zones; log {self.log}:\n{log_tail(self.log)}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10) -> None:
+        super().stop(timeout)
+        if self.socket_dir != self.dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -661,6 +661,23 @@ def default_inventory_path() -> Path:
 
 
 def builtin_playbook(name: str) -> Path:
-    """The default playbook shipped with drctl (``failover``, ``failback``, ``drill``)."""
-    here = Path(__file__).resolve().parent.parent / "playbooks" / f"{name}.yaml"
-    return here
+    """The default playbook shipped with drctl (``failover``, ``failback``, ``drill``).
+
+    The top-level ``playbooks/`` directory, the one users read and copy, is the only copy: an
+    installed wheel carries it as the data package ``drctl.playbooks`` (found through
+    ``importlib.resources``); a source tree run without such an install reads it from beside the
+    ``drctl`` package. The path is returned whether or not the file exists (``load_playbook``
+    reports a missing one)."""
+    return _packaged_playbook(f"{name}.yaml") or \
+        Path(__file__).resolve().parent.parent.parent / "playbooks" / f"{name}.yaml"
+
+
+def _packaged_playbook(filename: str) -> Path | None:
+    """``filename`` in the installed ``drctl.playbooks`` data package, if there is one on disk."""
+    from importlib.resources import files
+
+    try:
+        found = files("drctl.playbooks").joinpath(filename)
+    except (ImportError, ValueError, TypeError, OSError):  # not installed from a wheel: the source tree
+        return None
+    return found if isinstance(found, Path) and found.is_file() else None

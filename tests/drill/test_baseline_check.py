@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drctl.engine.baseline import BaselineWriter
+from drctl.drivers.baseline import BaselineWriter
 from drctl.engine.readiness import check_readiness
 from drctl.engine.steps import Context
 from drctl.model.inventory import Inventory

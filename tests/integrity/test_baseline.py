@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from drctl.core.integrity import Entry, format_record
-from drctl.engine.baseline import (
-    BaselineError,
+from drctl.drivers.baseline import (
     BaselineWriter,
     baseline_age,
     baseline_dir,
@@ -16,6 +15,7 @@ from drctl.engine.baseline import (
     newest_baseline,
     open_baseline,
 )
+from drctl.errors import BaselineError
 
 ENTRIES = [Entry(b"a", 1, "aa"), Entry(b"new\nline", 2, "bb"), Entry(b"z/\xff", 3, "cc")]
 

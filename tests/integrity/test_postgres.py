@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from drctl.core.integrity import PostgresReport
-from drctl.drivers.integrity import DatabaseUnreachableError, verify_service
+from drctl.drivers.integrity import verify_service
 from drctl.drivers.ssh import SSHPool
-from drctl.errors import ConfigError, DatabaseError
+from drctl.errors import ConfigError, DatabaseError, DatabaseUnreachableError
 from drctl.lab.postgres import PostgresCluster
 from drctl.lab.servers import SshServer, free_port
 from drctl.model.integrity import PostgresSite

@@ -78,7 +78,7 @@ def test_lease_is_exclusive_and_freed_when_the_holder_dies(tmp_path: Path) -> No
 
 
 def test_a_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
-    from drctl.engine.store import JournalError
+    from drctl.errors import JournalError
 
     (tmp_path / "runs").write_text("not a directory")  # as good as a full or read-only disk here
     run_id = new_run_id("failover")
@@ -101,7 +101,7 @@ def test_the_journal_never_holds_a_secret(tmp_path: Path) -> None:
 
 
 def test_close_after_a_failed_write_does_not_hide_the_error(tmp_path: Path) -> None:
-    from drctl.engine.store import JournalError
+    from drctl.errors import JournalError
 
     store = RunStore(tmp_path)
     run_id = new_run_id("failover")
@@ -124,7 +124,8 @@ def test_a_journal_that_fills_up_is_a_journal_error_and_close_stays_quiet(tmp_pa
     does not; append raises JournalError once, close() raises nothing."""
     code = (
         "import resource, sys; from pathlib import Path\n"
-        "from drctl.engine.store import RunStore, JournalError\n"
+        "from drctl.engine.store import RunStore\n"
+        "from drctl.errors import JournalError\n"
         f"store = RunStore(Path({str(tmp_path)!r})); run_id = '20260101T000000Z-failover-abcdef'\n"
         "store.append(run_id, {'event': 'run_started', 'pad': 'x' * 100})\n"
         "size = store.path(run_id).stat().st_size\n"

@@ -1,6 +1,12 @@
 """Baselines: manifests of a primary's data kept in the state directory, to compare a backup
 with when the primary is gone.
 
+A driver, because it is storage on the control node's own disk and nothing more: the integrity
+driver writes a baseline while it hashes the primary and reads the newest one when the primary
+does not answer, and readiness checks ask a baseline's age. Drivers talk to the world and never
+import the engine; the engine (its ``store`` hands this module the baselines' index, ``readiness``
+asks ages) imports this module, never the other way round.
+
 One file per recording, ``<state>/baselines/<service>/<target>/<UTC time>.baseline``:
 
     drctl-baseline 1
@@ -13,6 +19,12 @@ leaves the old baselines and no partial one. The checksum is verified before a b
 a damaged one is skipped (and the report says so) in favour of the next newest. The newest
 ``KEEP`` baselines of a target are kept. The header is redacted (``drctl.core.redact``): a
 location given as a connection string never stores its password.
+
+With the state in etcd (``--state etcd://...``), every stored baseline is also recorded in the
+baselines' index (``use_index``): its file name, checksum, time, and the control node and state
+directory holding it. A control node then learns of a newer baseline that another one recorded
+(and where to copy it from), and a local file whose checksum differs from the indexed one is
+skipped as altered.
 """
 
 from __future__ import annotations
@@ -20,17 +32,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from drctl.core.integrity import BaselineRef, Entry, RecordError, parse_record
 from drctl.core.redact import redact
-from drctl.engine.store import fsync_dir
-from drctl.errors import StepFailedError
+from drctl.durable import fsync_dir
+from drctl.errors import BaselineError, DrctlError
 
 MAGIC = b"drctl-baseline 1\n"
 SUM_PREFIX = b"#sha256 "
@@ -38,12 +52,38 @@ SUFFIX = ".baseline"
 KEEP = 10
 
 
-class BaselineError(StepFailedError):
-    """A baseline could not be written or read."""
+log = logging.getLogger("drctl.drivers.baseline")
+
+
+class BaselineIndex(Protocol):
+    """Where every control node records the baselines it stored (with etcd state, the engine's
+    ``store_etcd`` keeps one); ``use_index`` puts one in use."""
+
+    where: str
+
+    def record(self, service: str, target: str, entry: dict[str, Any]) -> None: ...
+    def entries(self, service: str, target: str) -> list[dict[str, Any]]: ...
 
 
 def baseline_dir(state_dir: Path, service: str, target: str) -> Path:
     return state_dir / "baselines" / service / target
+
+
+_INDEXES: dict[Path, BaselineIndex] = {}
+
+
+def use_index(state_dir: Path, index: BaselineIndex | None) -> None:
+    """Record the baselines stored under ``state_dir`` in ``index`` too, and consult it when
+    reading them (``None``: stop). The engine's ``store.open_state`` calls this for etcd state."""
+    key = Path(state_dir).resolve()
+    if index is None:
+        _INDEXES.pop(key, None)
+    else:
+        _INDEXES[key] = index
+
+
+def _index_of(state_dir: Path) -> BaselineIndex | None:
+    return _INDEXES.get(Path(state_dir).resolve()) if _INDEXES else None
 
 
 def _stamp(t: float) -> str:
@@ -61,6 +101,7 @@ class BaselineWriter:
     def __init__(self, state_dir: Path, service: str, target: str, *, kind: str, meta: dict[str, Any],
                  keep: int = KEEP) -> None:
         self.dir = baseline_dir(state_dir, service, target)
+        self.state_dir, self.service, self.target = state_dir, service, target
         self.keep = keep
         self.created = time.time()
         self.header: dict[str, Any] = redact({"service": service, "target": target, "kind": kind,
@@ -103,7 +144,24 @@ class BaselineWriter:
         except OSError as e:
             raise BaselineError(f"cannot store the baseline {self.path}: {e.strerror}") from None
         prune(self.dir, self.keep)
+        self._index()
         return self.path
+
+    def _index(self) -> None:
+        """Record the stored baseline in the baselines' index, if there is one. The file is stored
+        either way: an index out of reach is logged, not an error."""
+        index = _index_of(self.state_dir)
+        if index is None:
+            return
+        entry = {"file": self.path.name, "sha256": self._sum.hexdigest(), "created": self.created,
+                 "kind": self.header.get("kind"), "site": self.header.get("site"),
+                 "location": self.header.get("location"), "control_node": socket.gethostname(),
+                 "path": str(self.path.resolve()), "size": self.path.stat().st_size}
+        try:
+            index.record(self.service, self.target, entry)
+        except DrctlError as e:
+            log.warning("baseline %s stored, but not recorded in the baselines' index %s: %s",
+                        self.path, index.where, e.message)
 
     def discard(self) -> None:
         if self._f is not None:
@@ -141,6 +199,11 @@ class Baseline:
     path: Path
     meta: dict[str, Any]
     size: int
+    digest: str = ""  # the checksum line's sha256
+
+    @property
+    def created(self) -> float:
+        return float(self.meta.get("created", 0))
 
     @property
     def ref(self) -> BaselineRef:
@@ -218,18 +281,53 @@ def open_baseline(path: Path) -> Baseline:
         meta = json.loads(header)
     except json.JSONDecodeError:
         raise BaselineError(f"baseline {path} has an unreadable header") from None
-    return Baseline(path, meta, size)
+    return Baseline(path, meta, size, digest.hexdigest())
 
 
 def newest_baseline(state_dir: Path, service: str, target: str) -> tuple[Baseline | None, list[str]]:
-    """The newest intact baseline of a target, and a note for each newer one that was damaged."""
+    """The newest intact baseline of a target, and a note for each newer one that was damaged
+    (or, with a baselines' index, that another control node holds, or whose file was altered)."""
     notes: list[str] = []
+    indexed = _indexed(state_dir, service, target, notes)
     for path in list_baselines(baseline_dir(state_dir, service, target)):
         try:
-            return open_baseline(path), notes
+            base = open_baseline(path)
         except BaselineError as e:
             notes.append(f"skipped {e.message}")
+            continue
+        entry = indexed.get(path.name) if indexed else None
+        if entry is not None and entry.get("sha256") != base.digest:
+            notes.append(f"skipped baseline {path}: its checksum differs from the one the baselines' index "
+                         f"recorded when {entry.get('control_node')} stored it (altered since)")
+            continue
+        notes += _elsewhere(indexed, base.created, service, target)
+        return base, notes
+    notes += _elsewhere(indexed, 0.0, service, target)
     return None, notes
+
+
+def _indexed(state_dir: Path, service: str, target: str, notes: list[str]) -> dict[str, dict[str, Any]] | None:
+    """File name -> index entry (newest first), or None without an index (or when it cannot be read)."""
+    index = _index_of(state_dir)
+    if index is None:
+        return None
+    try:
+        return {str(e.get("file")): e for e in index.entries(service, target)}
+    except DrctlError as e:
+        notes.append(f"the baselines' index could not be read ({e.message}); only this control node's "
+                     "baselines were considered")
+        return None
+
+
+def _elsewhere(indexed: dict[str, dict[str, Any]] | None, after: float, service: str, target: str) -> list[str]:
+    """A note on the newest indexed baseline newer than ``after`` that is not here."""
+    newer = [e for e in (indexed or {}).values() if float(e.get("created") or 0) > after + 1e-6]
+    if not newer:
+        return []
+    e = max(newer, key=lambda e: float(e.get("created") or 0))
+    return [f"a newer baseline of {service}/{target} ({_iso(float(e.get('created') or 0))}) is on control node "
+            f"{e.get('control_node')} at {e.get('path')}, not here: copy it into this state directory's "
+            f"baselines/{service}/{target}/ to compare against it"]
 
 
 def baseline_age(state_dir: Path, service: str, target: str, *, now: float | None = None) -> float | None:
