@@ -392,9 +392,15 @@ class SSHPool:
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 if (transport is not None and transport.is_active() and not isinstance(exc, paramiko.ChannelException)
                         and str(exc).startswith("Timeout opening channel")):
-                    # the TCP connection is up but nothing answers on it (a frozen sshd, a host that
-                    # stopped mid-run): the host is gone for this run, not merely busy
-                    why = f"no answer to a channel open within {wait:g}s"
+                    # the TCP connection is up but the channel did not open: a frozen sshd, a host that
+                    # stopped mid-run, or only a very busy one. One keepalive within the same budget
+                    # tells them apart: a busy host answers it and is asked again within the deadline
+                    with self._probe_lock(host):
+                        busy = _transport_answers(transport, target.connect_timeout)
+                    if busy and time.monotonic() < deadline:
+                        attempt -= 1
+                        continue
+                    why = f"no answer to a channel open within {wait:g}s, nor to a keepalive"
                     raise self._stopped_answering(host, client, why) from None
                 if transport is not None and transport.is_active():
                     # the connection is fine; the server refused or was slow to open this channel
@@ -431,15 +437,15 @@ class SSHPool:
             with contextlib.suppress(Exception):
                 chan.close()
             raise HostUnreachableError(down[1].message, hint=down[1].hint)
-        with self._probe_lock(host):
-            if _transport_answers(transport, budget):
+        with self._probe_lock(host):  # twice: one reply lost to a moment of load is not a dead host
+            if _transport_answers(transport, budget) or _transport_answers(transport, budget):
                 return
         with contextlib.suppress(Exception):
             chan.close()
         with self._lock:
             client = self._clients.get(host)
         raise self._stopped_answering(
-            host, client, f"no reply to an SSH keepalive within {budget:g}s while `{_shown(cmd)}` ran; "
+            host, client, f"no reply to two SSH keepalives of {budget:g}s each while `{_shown(cmd)}` ran; "
                           "the command may or may not have completed there")
 
     def _stopped_answering(self, host: str, client: paramiko.SSHClient | None, why: str) -> HostUnreachableError:

@@ -107,6 +107,25 @@ def pid_gone(pid: int, start_time: int | None = None) -> bool:
     return start_time is not None and proc_start_time(pid) not in (None, start_time)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc): what a frozen host freezes."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
 def _signal(pid: int, sig: int) -> None:
     """Signal the daemon's process group when it leads one, else the process alone."""
     try:

