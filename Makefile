@@ -38,10 +38,24 @@ lab-down:
 clean:
 	rm -rf $(VENV) .lab .pytest_cache .mypy_cache .ruff_cache
 
-bench: bench-failover bench-verify  ## every benchmark; each prints figures, the last line as JSON
+.PHONY: bench-critical-path bench-startup bench-crash bench-fuzz
+
+bench: bench-failover bench-critical-path bench-startup bench-verify bench-crash bench-fuzz  ## every benchmark; each prints figures, the last line as JSON
 
 bench-failover: install  ## the lab plus 40 services failed over and back: wall time, SSH logins, DNS UPDATEs
 	$(PY) bench/bench_failover.py --services 40
 
-bench-verify: install  ## drctl verify vs rsync -rcn on ~2,000 files / 1 GB per side, and a 1e6-row table
+bench-critical-path: install  ## (root: a network namespace) drctl against bench/floor.py, healthy and black-holed; 10-500 services
+	$(PY) bench/bench_critical_path.py
+
+bench-startup: install  ## drctl --help and drctl validate of a 1,000-service inventory
+	$(PY) bench/bench_startup.py
+
+bench-verify: install  ## drctl verify vs rsync -rcn on ~2,000 files / 1 GB per side, a 1e6-row table, a 10 GiB tree
 	$(PY) bench/bench_verify.py
+
+bench-crash: install  ## failovers killed at random moments, then resumed: the world converges
+	$(PY) bench/crash_harness.py --trials 200
+
+bench-fuzz: install  ## malformed inventories and playbooks: refused cleanly, never a traceback
+	$(PY) bench/fuzz_inputs.py --cases 10000

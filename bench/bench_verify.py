@@ -10,7 +10,11 @@ Builds, on a lab host (a real sshd on 127.0.0.1, both sites' trees on it), about
 
 with the peak RSS of the drctl process and of the hashing program on the host. Then two real
 PostgreSQL clusters each get the same 1e6-row table and ``drctl verify`` compares it (per side:
-row count plus checksum inside the database).
+row count plus checksum inside the database). Last, a large tree (``--big-gb``, default 10 GiB in
+``--big-files`` 20,000 files per side; ``--big-gb 0`` skips it): ``drctl verify --full`` against an
+unchanged re-verify, where the start-up costs are small against the data. Free disk space is
+checked first (``df``): when both sides would not fit, the JSON says so and that part is skipped;
+the large trees are deleted afterwards.
 
 Figures go to stderr as they come; the last line on stdout is one JSON object. Run it with
 ``make bench-verify``; options: ``--files N --mb M --rows R --keep`` (keep the data directory).
@@ -46,11 +50,14 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_tree(root: Path, files: int, total_mb: int, seed: int = 7) -> tuple[int, int]:
-    """``files`` files of random sizes (mean total_mb/files) in 40 directories, random content."""
+def build_tree(root: Path, files: int, total_mb: int, seed: int = 7,
+               block: bytes | None = None) -> tuple[int, int]:
+    """``files`` files of random sizes (mean total_mb/files) in 40 directories, random content
+    (real data, no holes: slices of one random block, each file with its own header, so files
+    differ). The same ``seed`` and ``block`` give the same tree."""
     rng = random.Random(seed)
     mean = total_mb * 1024 * 1024 // files
-    block = os.urandom(4 * 1024 * 1024)
+    block = block or os.urandom(4 * 1024 * 1024)
     total = 0
     for i in range(files):
         size = rng.randint(1, 2 * mean)
@@ -117,6 +124,70 @@ def side_alone(cluster: PostgresCluster) -> float:
     return elapsed
 
 
+BIG_TARGET = 20.0  # an unchanged re-verify of the large tree: at least this many times faster than a full one
+
+
+def big_tree(work: Path, host: dict[str, Any], env: dict[str, str], gib: int, files: int,
+             rounds: int) -> dict[str, Any]:
+    """``gib`` GiB in ``files`` files per side: ``drctl verify --full`` against an unchanged
+    re-verify (the hosts' manifest caches answer). Skipped, saying why, without the disk space."""
+    need = 2 * gib * 1024**3 * 1.02 + 2 * 1024**3  # both sides, and room to spare
+    free = shutil.disk_usage(work).free
+    say(f"large tree: {gib} GiB in {files} files per side; {free / 1024**3:.0f} GiB free in {work}")
+    if free < need:
+        say(f"large tree: skipped, it needs {need / 1024**3:.0f} GiB free")
+        return {"big_skipped": f"{free / 1024**3:.1f} GiB free in {work}, {need / 1024**3:.1f} GiB needed"}
+    big = work / "big"
+    primary, backup = big / "primary", big / "backup"
+    try:
+        t = time.perf_counter()
+        block = os.urandom(4 * 1024 * 1024)
+        n, total = build_tree(primary, files, gib * 1024, seed=11, block=block)
+        build_tree(backup, files, gib * 1024, seed=11, block=block)
+        os.sync()
+        say(f"large tree: built {n} files, {total / 1e9:.2f} GB per side in {time.perf_counter() - t:.0f}s")
+        inventory = big / "inventory.yaml"
+        inventory.write_text(yaml.safe_dump({
+            "sites": {"dc1": {"hosts": {"app1": host}}, "dc2": {"hosts": {"app2": host}}},
+            "services": {"big": {"primary": "dc1", "backup": "dc2", "integrity": [{
+                "kind": "files", "name": "tree", "cache_dir": str(big / "cache"),
+                "sites": {"dc1": {"host": "app1", "path": str(primary)}, "dc2": {"host": "app2", "path": str(backup)}},
+            }]}}}))
+        drctl = [sys.executable, "-m", "drctl", "verify", "big", "-i", str(inventory), "--json"]
+        time.sleep(2.1)  # past the cache's timestamp-granularity guard
+        full, again = [], []
+        for rnd in range(rounds):
+            full_s, rss_full, out, _ = run_measured([*drctl, "--full"], env)
+            doc = json.loads(out)
+            assert doc["ok"], "the copies should be identical"
+            tree = doc["services"][0]["targets"][0]
+            again_s, _, out, _ = run_measured(drctl, env)
+            doc2 = json.loads(out)
+            tree2 = doc2["services"][0]["targets"][0]
+            assert tree2["primary"]["hashed"] == 0 and tree2["backup"]["hashed"] == 0, "the cache should answer"
+            full.append((full_s, doc["services"][0]["elapsed_s"], rss_full,
+                         max(tree["primary"]["remote_elapsed_s"], tree["backup"]["remote_elapsed_s"])))
+            again.append((again_s, doc2["services"][0]["elapsed_s"],
+                          max(tree2["primary"]["remote_elapsed_s"], tree2["backup"]["remote_elapsed_s"])))
+            say(f"large tree, round {rnd + 1}: verify --full {full_s:6.2f}s (hashing on the host {full[-1][3]:.2f}s), "
+                f"unchanged {again_s:5.2f}s (on the host {again[-1][2]:.2f}s): {full_s / again_s:.1f}x")
+        full_s, again_s = min(f[0] for f in full), min(a[0] for a in again)
+        speedup = full_s / again_s
+        say(f"large tree: best full {full_s:.2f}s, unchanged {again_s:.2f}s: {speedup:.1f}x "
+            f"(target {BIG_TARGET:g}x: {'met' if speedup >= BIG_TARGET else 'NOT met'})")
+        return {"big_files": n, "big_bytes": total, "big_verify_full_s": round(full_s, 3),
+                "big_verify_again_s": round(again_s, 3), "big_again_speedup": round(speedup, 1),
+                "big_speedup_per_round": [round(f[0] / a[0], 1) for f, a in zip(full, again, strict=True)],
+                "big_verify_full_in_drctl_s": round(min(f[1] for f in full), 3),
+                "big_verify_again_in_drctl_s": round(min(a[1] for a in again), 3),
+                "big_full_host_hashing_s": round(min(f[3] for f in full), 3),
+                "big_again_host_s": round(min(a[2] for a in again), 3),
+                "big_peak_rss_mb": round(max(f[2] for f in full) / 1024, 1), "big_rounds": rounds,
+                "big_target_speedup": BIG_TARGET, "big_met": speedup >= BIG_TARGET}
+    finally:
+        shutil.rmtree(big, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--files", type=int, default=2000)
@@ -124,6 +195,9 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3, help="measurements of each kind; the best is reported")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
+    ap.add_argument("--big-gb", type=int, default=10, help="size of one side of the large tree, in GiB (0: skip)")
+    ap.add_argument("--big-files", type=int, default=20000)
+    ap.add_argument("--big-rounds", type=int, default=2)
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="drctl-bench-verify-"))
@@ -242,6 +316,8 @@ def main() -> int:
         result.update({"pg_rows": args.rows, "pg_verify_s": round(pg_s, 3),
                        "pg_primary_side_s": p_side, "pg_backup_side_s": b_side,
                        "pg_side_alone_s": round(max(alone), 3), "pg_one_row_changed_s": round(pg_diff_s, 3)})
+        if args.big_gb > 0:
+            result.update(big_tree(work, host, env, args.big_gb, args.big_files, args.big_rounds))
     finally:
         for c in clusters:
             c.stop()
