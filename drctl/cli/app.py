@@ -104,10 +104,26 @@ def _terminate(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _raise_open_files_limit(want: int = 65536) -> None:
+    """A run holds a lock file per service and a connection per host: take the open-files limit
+    up to what the system allows (the soft limit is often 1,024), so a large site is not refused
+    for want of descriptors."""
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map errors to exit codes, never a traceback unless --debug."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("DRCTL_DEBUG") == "1"
     signal.signal(signal.SIGTERM, _terminate)  # `systemctl stop`, `timeout`: stop like Ctrl-C, cleanly
+    _raise_open_files_limit()
     if debug:  # tracebacks and library logs go straight to sys.stderr: mask secrets there too
         from drctl.cli.common import redacting
 

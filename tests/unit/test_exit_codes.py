@@ -177,3 +177,19 @@ def test_a_report_that_fills_the_disk_exits_2_and_leaves_no_partial_file(tmp_pat
     assert list(out.parent.iterdir()) == []  # neither the report nor its temporary file
     ok = drctl("report", journal.stem, "--format", "html", "-o", str(out), state_dir=state)
     assert ok.rc == 0 and f"wrote {out}" in ok.err and out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_open_files_limit_is_raised_for_large_sites() -> None:
+    """A run holds a lock per service: a soft limit below the hard one is raised at start-up."""
+    import subprocess
+    import sys
+
+    code = ("import resource\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+            "from drctl.cli.app import _raise_open_files_limit\n"
+            "_raise_open_files_limit()\n"
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    now, hard = int(out[0]), int(out[1])
+    assert now > 256 and (hard == -1 or now <= hard)
