@@ -83,13 +83,10 @@ def run_table(result: dict[str, Any]) -> Table:
 
 
 def left_site_line(left: dict[str, Any]) -> str:
-    """One paragraph on a site the run left: answering or not, fenced or not, what is left to do."""
+    """One paragraph on a site the run left: answering or not, fenced or not."""
     answering = "answering" if left["answering"] else f"NOT answering (since {left['silent_since']})"
     fences = "; ".join(f"{svc}: {f['status'].replace('_', ' ')} ({f['detail']})" for svc, f in left["services"].items())
-    text = f"site left: {left['site']}, {answering}. {fences}."
-    if left["todo"] != "nothing":
-        text += f" To do: {left['todo']}."
-    return text
+    return f"site left: {left['site']}, {answering}. {fences}."  # what to do follows among the warnings
 
 
 def services_table(result: dict[str, Any]) -> Table:
