@@ -55,6 +55,7 @@ from drctl.core.integrity import (
     parse_record,
 )
 from drctl.drivers import baseline as bl
+from drctl.drivers import psql
 from drctl.errors import (
     ConfigError,
     DatabaseError,
@@ -557,10 +558,6 @@ def rows_sql(schema: str, table: str, key: str, kind: str, size: int, nbuckets: 
               f"AS r WHERE {where};\nCOMMIT;\n")
 
 
-_UNREACHABLE = re.compile(r"could not connect|connection refused|timeout expired|no route to host|"
-                          r"could not translate host name|no such file or directory|server closed the connection|"
-                          r"the database system is (starting up|shutting down)", re.I)
-
 
 class Psql:
     """Runs SQL through psql for one site's copy: over SSH on its host, or locally."""
@@ -633,21 +630,13 @@ class Psql:
                 raise DatabaseError(f"{self.label}: psql did not finish within {self.timeout:g}s") from None
             rc, out, err = done.returncode, done.stdout, done.stderr
         if rc != 0:
-            text = err.decode("utf-8", "replace").strip()
-            text = re.sub(r"psql:<stdin>:\d+: ", "", text)[-1500:] or f"exit status {rc}"
+            text = psql.error_text(err, rc)
             if rc == 127 or "not found" in text and self.site.psql[0] in text:
                 raise DatabaseError(f"{self.label}: {self.site.psql[0]} is not available: {text}")
-            if rc == 2 and _UNREACHABLE.search(text):
+            if rc == 2 and psql.UNREACHABLE.search(text):
                 raise DatabaseUnreachableError(f"{self.label}: the database does not answer: {text}")
             raise DatabaseError(f"{self.label}: psql failed (exit {rc}): {text}")
-        rows = []
-        for line in out.decode("utf-8", "replace").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise DatabaseError(f"{self.label}: unexpected psql output: {line[:200]!r}") from None
-        return rows
+        return psql.json_rows(self.label, out)
 
 
 @dataclass

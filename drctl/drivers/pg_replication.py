@@ -47,7 +47,6 @@ Every function is bounded by its ``timeout``; the waits also stop within a secon
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -61,7 +60,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from drctl.drivers.integrity import _UNREACHABLE
+from drctl.drivers import psql
 from drctl.errors import AbortedError, ConfigError, DatabaseError, DatabaseUnreachableError, DriverError
 
 if TYPE_CHECKING:
@@ -74,7 +73,7 @@ DEFAULT_BINDIR = "/usr/lib/postgresql/15/bin"
 #: configuration files pg_rewind would overwrite with the source's copies: kept as they were
 PRESERVED_FILES = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
 _SLICE = 0.1  # how often a running psql checks the deadline and the cancel event
-_DOWN = re.compile(_UNREACHABLE.pattern + r"|not yet accepting connections|in recovery mode|network is unreachable|"
+_DOWN = re.compile(psql.UNREACHABLE.pattern + r"|not yet accepting connections|in recovery mode|network is unreachable|"
                    r"host is down|could not receive data from server", re.I)
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.,:/@%+=~-]+$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -229,21 +228,15 @@ def run_sql(endpoint: PgEndpoint, sql: str, *, timeout: float, cancel: threading
             proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=5)
+    def scrub(text: str) -> str:
+        return _scrub(text, password)
+
     if proc.returncode != 0:
-        text = err.decode("utf-8", "replace").strip()
-        text = _scrub(re.sub(r"psql:<stdin>:\d+: ", "", text), password)[-1500:] or f"exit status {proc.returncode}"
+        text = psql.error_text(err, proc.returncode, scrub)
         if proc.returncode == 2 and _DOWN.search(text):
             raise DatabaseUnreachableError(f"{endpoint.label}: the database does not answer: {text}")
         raise DatabaseError(f"{endpoint.label}: {what} failed: {text}")
-    rows = []
-    for line in out.decode("utf-8", "replace").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DatabaseError(f"{endpoint.label}: unexpected psql output: {_scrub(line, password)[:200]!r}") \
-                    from None
-    return rows
+    return psql.json_rows(endpoint.label, out, scrub)
 
 
 def _one(rows: list[Any], endpoint: PgEndpoint, what: str) -> dict[str, Any]:

@@ -72,3 +72,19 @@ def journal(state_dir: Path, run_id: str) -> list[dict[str, Any]]:
 def only_run_id(state_dir: Path) -> str | None:
     runs = sorted((state_dir / "runs").glob("*.jsonl")) if (state_dir / "runs").exists() else []
     return runs[-1].stem if runs else None
+
+
+def kill_at_first(kind: str, *args: str, state_dir: Path, inventory: Path) -> str:
+    """Start ``drctl ARGS``, SIGKILL it once its journal shows a step of ``kind`` started (the
+    control node dies mid-run), and return the run id."""
+    import signal
+
+    proc = spawn(*args, state_dir=state_dir, inventory=inventory)
+    try:
+        run_id: str = wait_for(lambda: only_run_id(state_dir), 30, "the run to start")
+        wait_for(lambda: any(r.get("event") == "action_started" and r.get("kind") == kind
+                             for r in journal(state_dir, run_id)), 30, f"a {kind} step to start")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    return run_id

@@ -30,7 +30,7 @@ import yaml
 
 from drctl.lab.lab import LabInfo, lab_down, lab_up
 from drctl.lab.servers import process_tree
-from tests.e2e.helpers import drctl, journal, only_run_id, spawn, wait_for
+from tests.e2e.helpers import drctl, journal, kill_at_first, only_run_id, spawn, wait_for
 
 DC1 = {"www.example.test": "192.0.2.10", "api.example.test": "192.0.2.11", "db.internal.test": "10.1.0.5"}
 DC2 = {"www.example.test": "198.51.100.10", "api.example.test": "198.51.100.11", "db.internal.test": "10.2.0.5"}
@@ -278,15 +278,9 @@ def test_resume_after_the_balancer_restarted_puts_traffic_where_the_run_said(lab
         "version": 1, "name": "slow-failover", "direction": "failover",
         "steps": [{"kind": "check_freshness"}, {"kind": "flip_dns"}, {"kind": "reroute_traffic"},
                   {"kind": "command", "site": "to", "argv": ["sleep", "5"], "timeout": "30s"}]}))
-    proc = spawn("failover", "web", "--yes", "--playbook", str(playbook), state_dir=state, inventory=lab.inventory)
-    try:
-        run_id = wait_for(lambda: only_run_id(state), 30, "the run to start")
-        wait_for(lambda: any(r.get("event") == "action_started" and r.get("kind") == "command"
-                             for r in journal(state, run_id)), 30, "the traffic to move")
-        assert lab.http_get_frontend("web").strip() == "web@dc2"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    run_id = kill_at_first("command", "failover", "web", "--yes", "--playbook", str(playbook), state_dir=state,
+                           inventory=lab.inventory)
+    assert lab.http_get_frontend("web").strip() == "web@dc2"  # the traffic had moved
     # the balancer restarts: its runtime changes are lost, web traffic is back on dc1
     haproxy = lab.daemons["haproxy-lb1"]
     haproxy.stop()
@@ -339,15 +333,8 @@ def test_resume_with_a_service_removed_from_the_inventory_refuses_cleanly(lab: L
                   {"kind": "command", "site": "to", "argv": ["sleep", "5"], "timeout": "30s"},
                   {"kind": "reroute_traffic"}]}))
     inventory = chain_inventory(lab)
-    proc = spawn("failover", "--site", "dc1", "--yes", "--playbook", str(playbook), state_dir=state,
-                 inventory=inventory)
-    try:
-        run_id = wait_for(lambda: only_run_id(state), 30, "the run to start")
-        wait_for(lambda: any(r.get("event") == "action_started" and r.get("kind") == "command"
-                             for r in journal(state, run_id)), 30, "the run to be under way")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    run_id = kill_at_first("command", "failover", "--site", "dc1", "--yes", "--playbook", str(playbook),
+                           state_dir=state, inventory=inventory)
     chain_inventory(lab, web=None)  # the operator removes web from the inventory
     for extra in ([], ["--accept-changes"]):
         r = drctl("resume", run_id, "--yes", *extra, state_dir=state)
@@ -394,14 +381,8 @@ def test_resume_runs_commands_with_their_real_arguments_though_the_journal_masks
                   {"kind": "command", "site": "to", "timeout": "10s",
                    "argv": ["sh", "-c", 'test "$1" = password=Zq9secret && touch "$2"', "sh", "password=Zq9secret",
                             str(mark)]}]}))
-    proc = spawn("failover", "web", "--yes", "--playbook", str(playbook), state_dir=state, inventory=lab.inventory)
-    try:
-        run_id = wait_for(lambda: only_run_id(state), 30, "the run to start")
-        wait_for(lambda: any(r.get("event") == "action_started" and r.get("kind") == "command"
-                             for r in journal(state, run_id)), 30, "the first command")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    run_id = kill_at_first("command", "failover", "web", "--yes", "--playbook", str(playbook), state_dir=state,
+                           inventory=lab.inventory)
     assert "Zq9secret" not in (state / "runs" / f"{run_id}.jsonl").read_text()
     r = drctl("resume", run_id, "--yes", state_dir=state)
     assert r.rc == 0, r.err
